@@ -22,3 +22,7 @@ def unknown_name(kind: str, name: str, choices: Iterable[str]) -> ConfigError:
     return ConfigError(
         f"unknown {kind} '{name}'{did_you_mean(name, choices)}; choose from: {', '.join(choices)}"
     )
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (a non-finite loss, say). The CLI prints it as one line, exit 1."""

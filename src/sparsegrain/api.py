@@ -1,0 +1,189 @@
+"""The public verbs ``sparsify_`` / ``finalize_`` and the training-side handle they return."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import masking
+from .config import SparsityConfig
+from .errors import ConfigError
+from .masking import Layer
+from .structures import global_sparsities
+
+
+class Sparsifier:
+    """Handle returned by ``sparsify_``; the same in the built-in trainer and in a user's loop.
+
+    Call ``penalty()`` in the loss, ``step()`` once after every optimizer step, and ``finalize()``
+    at the end. The clock in epochs is ``steps / steps_per_epoch``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: SparsityConfig,
+        steps_per_epoch: int,
+        optimizer: torch.optim.Optimizer | None = None,
+        epochs: float | None = None,
+    ):
+        from .methods import METHODS
+
+        if not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
+            raise ConfigError(f"steps_per_epoch: expected an integer >= 1, got {steps_per_epoch!r}")
+        self.model = model
+        self.cfg = cfg
+        self.steps_per_epoch = steps_per_epoch
+        self.optimizer = optimizer
+        self.epochs = epochs
+        self.steps = 0
+        self.finalized = False
+        self.layers: list[Layer] = masking.select_layers(model, cfg)
+        self.method = METHODS.get(cfg.method)(self, cfg.params)
+        self.method.attach()
+
+    # -- clock ---------------------------------------------------------------------------------
+    @property
+    def epoch(self) -> float:
+        return self.steps / self.steps_per_epoch
+
+    @property
+    def pruned(self) -> list[Layer]:
+        """The layers that get a structure (those left dense are excluded)."""
+        return [layer for layer in self.layers if layer.structure is not None]
+
+    # -- the loop's calls ----------------------------------------------------------------------
+    def penalty(self) -> torch.Tensor | float:
+        """Regularization term to add to the loss (zero unless the method regularizes)."""
+        return self.method.penalty()
+
+    def step(self) -> None:
+        """Advance the clock by one optimizer step and let the method update masks/thresholds."""
+        if self.finalized:
+            raise RuntimeError("step() after finalize()")
+        self.steps += 1
+        self.method.on_step()
+
+    def finalize(self) -> nn.Module:
+        """Bake zeros into plain weights and remove every parametrization."""
+        if not self.finalized:
+            self.method.finalize()
+            for layer in self.layers:
+                masking.remove(layer)
+            self.finalized = True
+        return self.model
+
+    # -- masks ---------------------------------------------------------------------------------
+    def masks(self) -> dict[str, torch.Tensor]:
+        """Current bool masks of the pruned layers (from the weights once finalized)."""
+        out = {}
+        for layer in self.pruned:
+            p = masking.parametrization(layer)
+            mask = getattr(p, "mask", None)
+            out[layer.name] = (mask != 0) if mask is not None else (layer.weight.detach() != 0)
+        return out
+
+    def sparsities_at(self, target: dict[str, float]) -> dict[str, float]:
+        """Per-layer sparsities: as given (``scope: layer``) or from one global selection."""
+        if self.cfg.scope == "layer":
+            return target
+        overall = sum(target[l.name] * l.param.numel() for l in self.pruned) / max(
+            1, sum(l.param.numel() for l in self.pruned)
+        )
+        layers = {l.name: (l.weight.detach(), l.structure) for l in self.pruned}
+        return global_sparsities(layers, overall, score=self.cfg.score)
+
+    @torch.no_grad()
+    def prune_to(self, target: dict[str, float]) -> None:
+        """Recompute every pruned layer's mask from its current weights at the given sparsities."""
+        sparsities = self.sparsities_at(target)
+        for layer in self.pruned:
+            w = layer.weight.detach()
+            mask = layer.structure.mask(w, sparsities[layer.name], score=layer.score)
+            masking.set_mask(layer, mask, self.optimizer)
+
+    # -- reporting and state -------------------------------------------------------------------
+    def report(self) -> list[dict[str, Any]]:
+        """Per layer: name, shape, structure, target, achieved sparsity, note."""
+        rows = []
+        for layer in self.layers:
+            w = layer.weight.detach()
+            rows.append(
+                {
+                    "name": layer.name,
+                    "shape": list(layer.shape),
+                    "structure": layer.structure.spec if layer.structure is not None else "dense",
+                    "target": layer.target if layer.structure is not None else 0.0,
+                    "achieved": float((w == 0).sum()) / w.numel(),
+                    "params": w.numel(),
+                    "note": layer.note,
+                }
+            )
+        return rows
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "masks": self.masks(), "method": self.method.state_dict()}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps = int(state["steps"])
+        masks = state["masks"]
+        names = {layer.name for layer in self.pruned}
+        if set(masks) != names:
+            raise ConfigError(
+                f"sparsity state is for layers {sorted(masks)}, this model prunes {sorted(names)}"
+            )
+        for layer in self.pruned:
+            p = masking.parametrization(layer)
+            if p is not None and hasattr(p, "mask"):
+                if tuple(masks[layer.name].shape) != layer.shape:
+                    raise ConfigError(
+                        f"mask of '{layer.name}':\n  expected {list(layer.shape)}\n"
+                        f"  got      {list(masks[layer.name].shape)}"
+                    )
+                p.mask.copy_(masks[layer.name])
+        self.method.load_state_dict(state.get("method", {}))
+
+
+def sparsify_(
+    model: nn.Module,
+    recipe: Any,
+    *,
+    steps_per_epoch: int = 1,
+    optimizer: torch.optim.Optimizer | None = None,
+    epochs: float | None = None,
+) -> Sparsifier:
+    """Attach structures and masks to ``model`` in place and return the training-side handle.
+
+    ``recipe``: a recipe path, a full recipe (its ``sparsity`` section is used), a ``sparsity``
+    mapping or a ``SparsityConfig``. ``optimizer`` (optional): its state of pruned entries is
+    cleared whenever masks change. A structure that does not fit a targeted layer is refused with
+    a ``ValueError`` naming the layer.
+    """
+    return Sparsifier(model, _sparsity_section(recipe), steps_per_epoch, optimizer, epochs)
+
+
+def _sparsity_section(recipe: Any) -> SparsityConfig:
+    from .recipe import Recipe, load_recipe
+
+    if isinstance(recipe, SparsityConfig):
+        return recipe
+    if isinstance(recipe, Recipe):
+        return recipe.sparsity
+    if isinstance(recipe, dict) and "sparsity" not in recipe:
+        return SparsityConfig.parse(recipe)
+    if isinstance(recipe, dict) or isinstance(recipe, str) or hasattr(recipe, "__fspath__"):
+        return load_recipe(recipe).sparsity
+    raise ConfigError(f"recipe: expected a path, a mapping or a SparsityConfig, got {recipe!r}")
+
+
+def finalize_(model: nn.Module) -> nn.Module:
+    """Bake every weight parametrization of ``model`` into plain weights, without a handle."""
+    from torch.nn.utils import parametrize
+
+    for module in model.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    return model

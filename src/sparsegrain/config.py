@@ -1,0 +1,299 @@
+"""Typed recipe sections and the generic dict -> dataclass validation behind them.
+
+Every user mistake becomes a ``ConfigError`` naming the key path, the bad value and what is
+allowed, e.g. ``train.lr: expected a number > 0, got -1``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError, did_you_mean
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        return "a list"
+    if origin is dict:
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(
+        tp, "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+    )
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against a field's annotation; ints are accepted where floats are."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                continue
+    elif tp is Any:
+        return value
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif origin in (list, tuple):
+        if isinstance(value, (list, tuple)):
+            (arg,) = typing.get_args(tp)[:1] or (Any,)
+            return [_coerce(v, arg, f"{where}[{i}]") for i, v in enumerate(value)]
+    elif origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+
+
+def from_dict(cls: type, data: Any, section: str, *, extra_ok: bool = False) -> Any:
+    """Build dataclass ``cls`` from a mapping, refusing unknown keys with a did-you-mean.
+
+    With ``extra_ok`` the unknown keys are returned to the caller instead: ``(obj, extras)``.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{section}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    kwargs, extras = {}, {}
+    for key, value in data.items():
+        if key in names:
+            kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
+        elif extra_ok:
+            extras[key] = value
+        else:
+            raise ConfigError(
+                f"{section}: unknown key '{key}'{did_you_mean(key, names)}; "
+                f"allowed: {', '.join(names)}"
+            )
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate()
+    return (obj, extras) if extra_ok else obj
+
+
+def check_range(
+    section: str, key: str, value: float | None, lo=None, hi=None, *, lo_open=False, hi_open=False
+) -> None:
+    """Raise a ConfigError unless ``lo <= value <= hi`` (bounds open where asked)."""
+    if value is None:
+        return
+    bad = (lo is not None and (value < lo or (lo_open and value == lo))) or (
+        hi is not None and (value > hi or (hi_open and value == hi))
+    )
+    if bad:
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        lo_s = "-inf" if lo is None else lo
+        hi_s = "inf" if hi is None else hi
+        raise ConfigError(f"{section}.{key}: must be in {left}{lo_s}, {hi_s}{right}, got {value}")
+
+
+def check_choice(section: str, key: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ConfigError(
+            f"{section}.{key}: unknown value '{value}'{did_you_mean(value, choices)}; "
+            f"choose from: {', '.join(choices)}"
+        )
+
+
+@dataclass
+class ModelConfig:
+    """``model`` section: a zoo name and its options (``width``, ``layout``, ...)."""
+
+    name: str = "resnet20"
+    num_classes: int | None = None  # default: from the dataset
+    in_channels: int | None = None  # default: from the dataset
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, data: Any) -> ModelConfig:
+        obj, extras = from_dict(cls, data, "model", extra_ok=True)
+        from .models import MODELS, model_options
+
+        canonical = MODELS.canonical(obj.name)
+        allowed = model_options(canonical)
+        for key in extras:
+            if key not in allowed:
+                raise ConfigError(
+                    f"model: '{canonical}' has no option '{key}'{did_you_mean(key, allowed)}; "
+                    f"allowed: name, num_classes, in_channels, {', '.join(allowed)}"
+                )
+        obj.options = {**obj.options, **extras}
+        return obj
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"name": self.name, **self.options}
+        if self.num_classes is not None:
+            out["num_classes"] = self.num_classes
+        if self.in_channels is not None:
+            out["in_channels"] = self.in_channels
+        return out
+
+
+@dataclass
+class TrainConfig:
+    """``train`` section: optimizer, schedule, loss and run settings."""
+
+    epochs: int = 10
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    decay_bn_and_bias: bool = False  # False: no weight decay on BN parameters and biases
+    schedule: str = "cosine"
+    step_size: float = 30.0
+    milestones: list[float] = field(default_factory=list)
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+    lr_at_freeze: str = "none"  # none | restart | boost (Campfire's LR configurations)
+    freeze_lr: float | None = None  # LR the restart/boost starts from; default: train.lr
+    label_smoothing: float = 0.0
+    seed: int = 0
+    channels_last: bool = True
+    threads: int | None = None
+    progress: bool = True
+    deterministic: bool = False
+    eval_every: int = 1
+
+    def validate(self) -> None:
+        from .schedules import LR_SCHEDULES
+
+        s = "train"
+        check_range(s, "epochs", self.epochs, 1)
+        check_range(s, "lr", self.lr, 0, lo_open=True)
+        check_range(s, "momentum", self.momentum, 0, 1, hi_open=True)
+        check_range(s, "weight_decay", self.weight_decay, 0)
+        check_choice(s, "schedule", self.schedule, LR_SCHEDULES)
+        check_range(s, "step_size", self.step_size, 0, lo_open=True)
+        check_range(s, "gamma", self.gamma, 0, lo_open=True)
+        check_range(s, "warmup_epochs", self.warmup_epochs, 0, self.epochs)
+        check_range(s, "min_lr", self.min_lr, 0, self.lr)
+        check_choice(s, "lr_at_freeze", self.lr_at_freeze, ("none", "restart", "boost"))
+        check_range(s, "freeze_lr", self.freeze_lr, 0, lo_open=True)
+        check_range(s, "label_smoothing", self.label_smoothing, 0, 1, hi_open=True)
+        check_range(s, "seed", self.seed, 0)
+        check_range(s, "threads", self.threads, 1)
+        check_range(s, "eval_every", self.eval_every, 1)
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("train.nesterov: needs train.momentum > 0, got momentum 0")
+        if sorted(self.milestones) != list(self.milestones):
+            raise ConfigError(f"train.milestones: must be increasing, got {self.milestones}")
+
+
+OVERRIDE_KEYS = ("target", "structure", "score", "fallback", "initial")
+
+
+@dataclass
+class SparsityConfig:
+    """``sparsity`` section: what ``sparsify_`` takes (DESIGN.md section 6).
+
+    Method-specific keys sit beside the common ones and land in ``params``, validated by the
+    method's own ``Params`` dataclass.
+    """
+
+    method: str = "dense"
+    structure: str = "fine"
+    target: float = 0.0
+    initial: float = 0.0  # s_i of the cubic ramp
+    start: float = 0.0  # epochs
+    end: float | None = None  # epochs; required by gradual methods
+    frequency: int = 100  # steps between mask updates
+    scope: str = "layer"  # layer | global
+    score: str = "l1"
+    include: list[str] = field(default_factory=list)  # empty: every Conv/Linear
+    exclude: list[str] | None = None  # None: first conv and classifier; []: prune everything
+    types: list[str] = field(default_factory=lambda: ["conv", "linear"])
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fallback: str = "error"  # error | dense | a structure, for layers the structure does not fit
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, data: Any) -> SparsityConfig:
+        if isinstance(data, SparsityConfig):
+            return data
+        obj, extras = from_dict(cls, data, "sparsity", extra_ok=True)
+        from .methods import METHODS
+
+        obj.method = METHODS.canonical(obj.method)
+        method = METHODS.get(obj.method)
+        common = [f.name for f in dataclasses.fields(cls) if f.name != "params"]
+        allowed = [f.name for f in dataclasses.fields(method.Params)]
+        unknown = [k for k in extras if k not in allowed]
+        if unknown:
+            key = unknown[0]
+            raise ConfigError(
+                f"sparsity: unknown key '{key}'{did_you_mean(key, common + allowed)} for method "
+                f"'{obj.method}'; allowed: {', '.join(common + allowed)}"
+            )
+        merged = {**obj.params, **extras}
+        obj.params = dataclasses.asdict(from_dict(method.Params, merged, "sparsity"))
+        obj.validate_common(method)
+        return obj
+
+    def validate_common(self, method) -> None:
+        from .structures import SCORES, parse_structure
+
+        s = "sparsity"
+        parse_structure(self.structure)
+        check_range(s, "target", self.target, 0, 1, hi_open=True)
+        check_range(s, "initial", self.initial, 0, self.target)
+        check_range(s, "start", self.start, 0)
+        check_range(s, "frequency", self.frequency, 1)
+        check_choice(s, "scope", self.scope, ("layer", "global"))
+        check_choice(s, "score", self.score, SCORES.names())
+        for t in self.types:
+            check_choice(s, "types", t, ("conv", "linear"))
+        if self.fallback not in ("error", "dense"):
+            try:
+                parse_structure(self.fallback)
+            except ConfigError as e:
+                raise ConfigError(
+                    f"sparsity.fallback: must be 'error', 'dense' or a structure; {e}"
+                )
+        if self.end is not None and self.end < self.start:
+            raise ConfigError(f"sparsity.end: must be >= start ({self.start}), got {self.end}")
+        if getattr(method, "needs_end", False) and self.end is None and self.target > 0:
+            raise ConfigError(f"sparsity.end: required by method '{self.method}' (an epoch)")
+        for pattern, keys in self.overrides.items():
+            if not isinstance(keys, dict):
+                raise ConfigError(f"sparsity.overrides.{pattern}: expected a mapping, got {keys!r}")
+            for key, value in keys.items():
+                where = f"sparsity.overrides.{pattern}.{key}"
+                if key not in OVERRIDE_KEYS:
+                    raise ConfigError(
+                        f"{where}: unknown key{did_you_mean(key, OVERRIDE_KEYS)}; "
+                        f"allowed: {', '.join(OVERRIDE_KEYS)}"
+                    )
+                if key in ("target", "initial"):
+                    value = _coerce(value, float, where)
+                    check_range(f"sparsity.overrides.{pattern}", key, value, 0, 1, hi_open=True)
+                elif key in ("structure", "fallback") and value not in ("error", "dense"):
+                    parse_structure(_coerce(value, str, where))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.update(out.pop("params"))
+        return out

@@ -1,0 +1,207 @@
+"""Which layers are pruned, and how masks are attached, applied and baked in.
+
+Masks are ``torch.nn.utils.parametrize`` parametrizations: the forward pass uses
+``original * mask``, so it always sees exact zeros, and the optimizer keeps the same Parameter
+object (``parametrizations.weight.original``). When a mask changes, pruned entries of the original
+weight and of the optimizer state are zeroed; from then on their gradient is zero (masked through
+the product), weight decay of a zero is zero and the cleared momentum stays zero, so a fixed mask is
+never regrown. ``remove`` bakes the result into a plain ``weight`` Parameter.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .config import SparsityConfig
+from .errors import ConfigError
+from .structures import Structure, parse_structure
+
+LAYER_TYPES = {"conv": (nn.Conv1d, nn.Conv2d), "linear": (nn.Linear,)}
+
+
+@dataclass
+class Layer:
+    """One targeted layer: where it is, what structure and target it gets."""
+
+    name: str
+    module: nn.Module
+    structure: Structure | None  # None: left dense
+    target: float
+    initial: float
+    score: str
+    note: str = ""  # why the layer got what it got (fallback, default exclusion, ...)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The effective weight (mask applied when one is attached)."""
+        return self.module.weight
+
+    @property
+    def param(self) -> nn.Parameter:
+        """The trainable Parameter the optimizer holds."""
+        if parametrize.is_parametrized(self.module, "weight"):
+            return self.module.parametrizations.weight.original
+        return self.module.weight
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.param.shape)
+
+
+def _matches(name: str, patterns) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def candidate_layers(model: nn.Module, types=("conv", "linear")) -> list[tuple[str, nn.Module]]:
+    classes = tuple(c for t in types for c in LAYER_TYPES[t])
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, classes)]
+
+
+def default_exclude(model: nn.Module) -> list[str]:
+    """The first conv and the classifier (the last Linear, else the last conv): left dense by
+    default, as in Campfire, Mao et al. and StructADMM, since they hold few weights and much
+    accuracy."""
+    layers = candidate_layers(model)
+    convs = [n for n, m in layers if isinstance(m, LAYER_TYPES["conv"])]
+    linears = [n for n, m in layers if isinstance(m, nn.Linear)]
+    out = convs[:1]
+    last = linears[-1:] or convs[-1:]
+    return out + [n for n in last if n not in out]
+
+
+def _resolve_structure(name: str, shape, spec: str, fallback: str) -> tuple[Structure | None, str]:
+    structure = parse_structure(spec)
+    reason = structure.fits(shape)
+    if reason is None:
+        return structure, ""
+    if fallback == "error":
+        raise ConfigError(
+            f"layer '{name}' {list(shape)}: {reason}; set sparsity.fallback to 'dense' or to a "
+            f"structure, or exclude the layer"
+        )
+    if fallback == "dense":
+        return None, f"left dense: {reason}"
+    alt = parse_structure(fallback)
+    alt_reason = alt.fits(shape)
+    if alt_reason is not None:
+        raise ConfigError(f"layer '{name}' {list(shape)}: {reason}, and fallback {alt_reason}")
+    return alt, f"fallback {alt.spec}: {reason}"
+
+
+def select_layers(model: nn.Module, cfg: SparsityConfig) -> list[Layer]:
+    """Resolve include/exclude/types/overrides/fallback into the list of targeted layers.
+
+    Patterns are shell-style globs on module names (``layer1.*``, ``*.conv2``); overrides apply in
+    the order written, later ones winning.
+    """
+    for t in cfg.types:
+        if t not in LAYER_TYPES:
+            raise ConfigError(f"sparsity.types: unknown '{t}'; choose from: conv, linear")
+    exclude = default_exclude(model) if cfg.exclude is None else cfg.exclude
+    layers = []
+    for name, module in candidate_layers(model, cfg.types):
+        skip = ""
+        if cfg.include and not _matches(name, cfg.include):
+            skip = "not in sparsity.include"
+        elif _matches(name, exclude):
+            skip = "excluded" + (
+                " by default (first conv / classifier)"
+                if cfg.exclude is None
+                else " by sparsity.exclude"
+            )
+        if skip:
+            layers.append(Layer(name, module, None, 0.0, 0.0, cfg.score, skip))
+            continue
+        keys = {
+            "target": cfg.target,
+            "initial": cfg.initial,
+            "structure": cfg.structure,
+            "score": cfg.score,
+            "fallback": cfg.fallback,
+        }
+        for pattern, over in cfg.overrides.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                keys.update(over)
+        shape = tuple(module.weight.shape)
+        if keys["target"] == 0:
+            structure, note = None, "left dense: target 0"
+        else:
+            structure, note = _resolve_structure(name, shape, keys["structure"], keys["fallback"])
+        layers.append(
+            Layer(
+                name,
+                module,
+                structure,
+                float(keys["target"]),
+                min(float(keys["initial"]), float(keys["target"])),
+                keys["score"],
+                note,
+            )
+        )
+    if all(layer.structure is None for layer in layers) and cfg.target > 0:
+        raise ConfigError(
+            "sparsity: no layer selected to prune (include/exclude/types leave nothing); "
+            f"candidates: {', '.join(n for n, _ in candidate_layers(model))}"
+        )
+    return layers
+
+
+class Mask(nn.Module):
+    """Parametrization ``w -> w * mask``; the mask is a same-shape float buffer (1 keep, 0 drop)."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mask", torch.ones_like(weight), persistent=False)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w * self.mask
+
+
+def attach(layer: Layer, param: nn.Module | None = None) -> nn.Module:
+    """Attach a parametrization (default: an all-ones ``Mask``) to the layer's weight."""
+    module = layer.module
+    if parametrize.is_parametrized(module, "weight"):
+        raise ConfigError(f"layer '{layer.name}' already has a parametrized weight")
+    param = Mask(module.weight) if param is None else param
+    parametrize.register_parametrization(module, "weight", param)
+    return param
+
+
+def parametrization(layer: Layer) -> nn.Module | None:
+    if not parametrize.is_parametrized(layer.module, "weight"):
+        return None
+    return layer.module.parametrizations.weight[0]
+
+
+@torch.no_grad()
+def set_mask(layer: Layer, mask: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> None:
+    """Install ``mask`` (bool, weight-shaped) and zero what it drops in the weight and optimizer
+    state, so that nothing pruned can come back through momentum or weight decay."""
+    p = parametrization(layer)
+    if p is None or not hasattr(p, "mask"):
+        raise RuntimeError(f"layer '{layer.name}' has no mask attached")
+    p.mask.copy_(mask)
+    keep = p.mask
+    layer.param.mul_(keep)
+    if optimizer is not None:
+        clear_optimizer_state(optimizer, layer.param, keep)
+
+
+@torch.no_grad()
+def clear_optimizer_state(optimizer, param: torch.Tensor, keep: torch.Tensor) -> None:
+    """Zero the per-element optimizer state (momentum, Adam moments) of pruned entries."""
+    for value in optimizer.state.get(param, {}).values():
+        if isinstance(value, torch.Tensor) and value.shape == param.shape:
+            value.mul_(keep)
+
+
+def remove(layer: Layer) -> None:
+    """Bake the parametrized weight into a plain Parameter and drop the parametrization."""
+    if parametrize.is_parametrized(layer.module, "weight"):
+        parametrize.remove_parametrizations(layer.module, "weight", leave_parametrized=True)

@@ -1,0 +1,50 @@
+"""The small protocol every method implements; the handle calls it at a few points."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .. import masking
+
+
+class Method:
+    """Base method: attach all-ones masks, no penalty, nothing on step.
+
+    Hooks: ``attach`` (once, from ``sparsify_``), ``penalty`` (added to the loss),
+    ``on_step`` (after each optimizer step; ``handle.epoch`` already advanced), ``finalize``
+    (before parametrizations are baked in), ``state_dict``/``load_state_dict`` (resume).
+    """
+
+    name = "base"
+    needs_end = False  # the recipe must give sparsity.end
+    needs_init = False  # starts from a trained model (--init)
+
+    @dataclass
+    class Params:
+        pass
+
+    def __init__(self, handle, params: dict[str, Any]):
+        self.handle = handle
+        self.params = self.Params(**params)
+
+    def attach(self) -> None:
+        for layer in self.handle.pruned:
+            masking.attach(layer)
+
+    def penalty(self) -> torch.Tensor | float:
+        return 0.0
+
+    def on_step(self) -> None:
+        pass
+
+    def finalize(self) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

@@ -1,0 +1,224 @@
+"""The one training loop: epochs, LR schedule, sparsity hooks, evaluation, checkpoints, resume."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import runfiles
+from .api import Sparsifier, sparsify_
+from .data import build_data
+from .errors import ConfigError, TrainingError
+from .models import create_model
+from .recipe import Recipe
+from .schedules import lr_at
+from .summary import format_summary, overall_sparsity
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_bn_and_bias: bool) -> list[dict]:
+    """SGD groups; BN parameters and biases (1-D tensors) get no weight decay unless asked."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 and not decay_bn_and_bias else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_model(recipe: Recipe, num_classes: int, in_channels: int) -> nn.Module:
+    m = recipe.model
+    return create_model(
+        m.name,
+        num_classes=m.num_classes or num_classes,
+        in_channels=m.in_channels or in_channels,
+        **m.options,
+    )
+
+
+def lr_for(recipe: Recipe, t: float) -> float:
+    tr, sp = recipe.train, recipe.sparsity
+    restart_at = restart_lr = None
+    if tr.lr_at_freeze != "none" and sp.end is not None and sp.method != "dense":
+        restart_at = sp.end
+        restart_lr = tr.freeze_lr if tr.freeze_lr is not None else tr.lr
+    return lr_at(
+        t,
+        base_lr=tr.lr,
+        epochs=tr.epochs,
+        schedule=tr.schedule,
+        warmup_epochs=tr.warmup_epochs,
+        step_size=tr.step_size,
+        milestones=tr.milestones,
+        gamma=tr.gamma,
+        min_lr=tr.min_lr,
+        restart_at=restart_at,
+        restart_lr=restart_lr,
+    )
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, channels_last: bool = False) -> dict[str, float]:
+    """Loss, top-1 and top-5 accuracy (percent) over a loader."""
+    was_training = model.training
+    model.eval()
+    loss_sum, n, c1, c5 = 0.0, 0, 0, 0
+    for x, y in loader:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = model(x)
+        loss_sum += nn.functional.cross_entropy(out, y, reduction="sum").item()
+        top = out.topk(min(5, out.shape[1]), dim=1).indices
+        hit = top == y[:, None]
+        c1 += int(hit[:, 0].sum())
+        c5 += int(hit.any(dim=1).sum())
+        n += len(y)
+    model.train(was_training)
+    return {
+        "loss": loss_sum / max(n, 1),
+        "top1": 100.0 * c1 / max(n, 1),
+        "top5": 100.0 * c5 / max(n, 1),
+    }
+
+
+def _progress(loader, enabled: bool, desc: str):
+    if not enabled:
+        return loader
+    from tqdm import tqdm
+
+    return tqdm(loader, desc=desc, leave=False, mininterval=1.0, dynamic_ncols=True)
+
+
+def train_epoch(
+    model, loader, optimizer, sp: Sparsifier, recipe: Recipe, epoch: int, criterion
+) -> dict[str, float]:
+    """One epoch; the LR is set before every step from the pure schedule."""
+    tr = recipe.train
+    model.train()
+    loader.set_epoch(epoch)
+    loss_sum, correct, seen = 0.0, 0, 0
+    bar = _progress(loader, tr.progress, f"epoch {epoch + 1}/{tr.epochs}")
+    for x, y in bar:
+        lr = lr_for(recipe, sp.epoch)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        if tr.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = model(x)
+        loss = criterion(out, y)
+        total = loss + sp.penalty()
+        if not torch.isfinite(total):
+            raise TrainingError(
+                f"non-finite loss ({float(total)}) at epoch {epoch + 1}, step {sp.steps + 1}; "
+                "the last good checkpoint is kept (lower train.lr?)"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        sp.step()
+        loss_sum += loss.item() * len(y)
+        correct += int((out.argmax(1) == y).sum())
+        seen += len(y)
+        if tr.progress and sp.steps % 10 == 0:
+            bar.set_postfix(
+                loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}", lr=f"{lr:.3g}"
+            )
+    return {
+        "lr": lr_for(recipe, sp.epoch),
+        "train_loss": loss_sum / max(seen, 1),
+        "train_top1": 100.0 * correct / max(seen, 1),
+    }
+
+
+def run(
+    recipe: Recipe,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    init: str | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Train ``recipe`` into ``out_dir`` and return the summary (also written to summary.json)."""
+    out = Path(out_dir)
+    runfiles.prepare_out_dir(out, resume=resume, overwrite=overwrite)
+    tr = recipe.train
+    if tr.threads:
+        torch.set_num_threads(tr.threads)
+    torch.use_deterministic_algorithms(tr.deterministic)
+    torch.manual_seed(tr.seed)
+    data = build_data(recipe.data, seed=tr.seed)
+    model = build_model(recipe, data.num_classes, data.in_channels)
+    from .methods import METHODS
+
+    method = METHODS.get(recipe.sparsity.method)
+    if init is not None:
+        runfiles.load_init(model, init)
+    elif method.needs_init and not resume:
+        raise ConfigError(
+            f"method '{recipe.sparsity.method}' starts from a trained model: "
+            "give --init RUN_DIR or a weights file"
+        )
+    if tr.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(
+        param_groups(model, tr.weight_decay, tr.decay_bn_and_bias),
+        lr=tr.lr,
+        momentum=tr.momentum,
+        nesterov=tr.nesterov,
+    )
+    sp = sparsify_(
+        model,
+        recipe.sparsity,
+        steps_per_epoch=len(data.train),
+        optimizer=optimizer,
+        epochs=tr.epochs,
+    )
+    history: list[dict] = []
+    start_epoch, wall = 0, 0.0
+    if resume:
+        start_epoch, history, wall = runfiles.load_checkpoint(out, model, optimizer, sp)
+        log(f"resuming {out} at epoch {start_epoch + 1}/{tr.epochs}")
+    else:
+        runfiles.write_recipe(out, recipe)
+    criterion = nn.CrossEntropyLoss(label_smoothing=tr.label_smoothing)
+    for epoch in range(start_epoch, tr.epochs):
+        t0 = time.perf_counter()
+        row = {
+            "epoch": epoch + 1,
+            **train_epoch(model, data.train, optimizer, sp, recipe, epoch, criterion),
+        }
+        if (epoch + 1) % tr.eval_every == 0 or epoch + 1 == tr.epochs:
+            ev = evaluate(model, data.test, tr.channels_last)
+            row.update(test_loss=ev["loss"], test_top1=ev["top1"], test_top5=ev["top5"])
+        row["sparsity"] = overall_sparsity(sp.report())
+        row["time"] = time.perf_counter() - t0
+        wall += row["time"]
+        history.append(row)
+        runfiles.save_checkpoint(out, model, optimizer, sp, epoch + 1, history, wall)
+        runfiles.write_metrics(out, history)
+        log(_epoch_line(row, tr.epochs))
+    sp.finalize()
+    final = evaluate(model, data.test, tr.channels_last)
+    summary = runfiles.finish(out, recipe, model, sp, final, history, wall)
+    log("")
+    log(format_summary(summary))
+    return summary
+
+
+def _epoch_line(row: dict[str, Any], epochs: int) -> str:
+    test = (
+        f"  test loss {row['test_loss']:.4f}  top-1 {row['test_top1']:.2f}%"
+        if "test_top1" in row
+        else ""
+    )
+    return (
+        f"epoch {row['epoch']}/{epochs}  lr {row['lr']:.4g}  train loss "
+        f"{row['train_loss']:.4f}  top-1 {row['train_top1']:.2f}%{test}  "
+        f"sparsity {row['sparsity']:.4f}  {row['time']:.0f} s"
+    )
