@@ -174,7 +174,7 @@ def _sparsity_section(recipe: Any) -> SparsityConfig:
         return recipe.sparsity
     if isinstance(recipe, dict) and "sparsity" not in recipe:
         return SparsityConfig.parse(recipe)
-    if isinstance(recipe, dict) or isinstance(recipe, str) or hasattr(recipe, "__fspath__"):
+    if isinstance(recipe, (dict, str)) or hasattr(recipe, "__fspath__"):
         return load_recipe(recipe).sparsity
     raise ConfigError(f"recipe: expected a path, a mapping or a SparsityConfig, got {recipe!r}")
 

@@ -54,7 +54,7 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[
 
 
 def load_tensors(path: str | Path, what: str = "file") -> tuple[dict[str, torch.Tensor], dict]:
-    """Load a file written by ``save_tensors``; a missing, truncated or foreign file is a ConfigError."""
+    """Load a file written by ``save_tensors``; missing, truncated or foreign: a ConfigError."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{what} not found: {path}")

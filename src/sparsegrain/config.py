@@ -58,9 +58,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, (list, tuple)):
             (arg,) = typing.get_args(tp)[:1] or (Any,)
             return [_coerce(v, arg, f"{where}[{i}]") for i, v in enumerate(value)]
-    elif origin is dict:
-        if isinstance(value, dict):
-            return dict(value)
+    elif origin is dict and isinstance(value, dict):
+        return dict(value)
     raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
 
 
@@ -272,7 +271,7 @@ class SparsityConfig:
             except ConfigError as e:
                 raise ConfigError(
                     f"sparsity.fallback: must be 'error', 'dense' or a structure; {e}"
-                )
+                ) from None
         if self.end is not None and self.end < self.start:
             raise ConfigError(f"sparsity.end: must be >= start ({self.start}), got {self.end}")
         if getattr(method, "needs_end", False) and self.end is None and self.target > 0:

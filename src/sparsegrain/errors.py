@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 
 class ConfigError(ValueError):
-    """A mistake in user input (recipe, CLI argument, file). The CLI prints it as one line, exit 2."""
+    """A mistake in user input (recipe, CLI argument, file). The CLI prints one line, exit 2."""
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

@@ -6,12 +6,15 @@ import math
 from collections.abc import Sequence
 
 
-def cubic_sparsity(t: float, *, initial: float, final: float, start: float, end: float) -> float:
+def cubic_sparsity(
+    t: float, *, initial: float, final: float, start: float, end: float
+) -> float:
     """Gradual pruning target of Zhu & Gupta 2017 (arXiv 1710.01878, eq. 1).
 
-    ``s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (n dt))**3`` for ``t0 <= t <= t0 + n dt``; here the
-    clock ``t`` is in epochs, ``t0 = start`` and ``t0 + n dt = end``. Before ``start`` the target is 0
-    (dense training); after ``end`` it is ``final``. ``start == end`` is a one-shot jump.
+    ``s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (n dt))**3`` for ``t0 <= t <= t0 + n dt``; here
+    the clock ``t`` is in epochs, ``t0 = start`` and ``t0 + n dt = end``. Before ``start`` the
+    target is 0 (dense training); after ``end`` it is ``final``. ``start == end`` is a one-shot
+    jump.
     """
     if t < start:
         return 0.0

@@ -14,7 +14,7 @@ def overall_sparsity(rows: list[dict[str, Any]]) -> float:
 
 def format_table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = "  ".join("{:<%d}" % w for w in widths)
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [line.format(*header), line.format(*["-" * w for w in widths])]
     out += [line.format(*[str(x) for x in r]) for r in rows]
     return "\n".join(out)
