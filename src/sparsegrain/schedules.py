@@ -6,9 +6,7 @@ import math
 from collections.abc import Sequence
 
 
-def cubic_sparsity(
-    t: float, *, initial: float, final: float, start: float, end: float
-) -> float:
+def cubic_sparsity(t: float, *, initial: float, final: float, start: float, end: float) -> float:
     """Gradual pruning target of Zhu & Gupta 2017 (arXiv 1710.01878, eq. 1).
 
     ``s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (n dt))**3`` for ``t0 <= t <= t0 + n dt``; here
