@@ -24,7 +24,7 @@ RECIPE = {
         "structure": "kernel-quota",
         "target": 0.5,
         "start": 0.25,
-        "end": 1.0,
+        "end": 1.5,  # still ramping when the resume test stops after epoch 1
         "frequency": 2,
     },
 }

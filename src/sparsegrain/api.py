@@ -11,7 +11,7 @@ from . import masking
 from .config import SparsityConfig
 from .errors import ConfigError
 from .masking import Layer
-from .structures import global_sparsities
+from .structures import global_sparsities, verify
 
 
 class Sparsifier:
@@ -70,6 +70,7 @@ class Sparsifier:
         """Bake zeros into plain weights and remove every parametrization."""
         if not self.finalized:
             self.method.finalize()
+            self._final_masks = self.masks()
             for layer in self.layers:
                 masking.remove(layer)
             self.finalized = True
@@ -77,7 +78,9 @@ class Sparsifier:
 
     # -- masks ---------------------------------------------------------------------------------
     def masks(self) -> dict[str, torch.Tensor]:
-        """Current bool masks of the pruned layers (from the weights once finalized)."""
+        """Current bool masks of the pruned layers (the last ones once finalized)."""
+        if self.finalized:
+            return dict(self._final_masks)
         out = {}
         for layer in self.pruned:
             p = masking.parametrization(layer)
@@ -103,6 +106,20 @@ class Sparsifier:
             w = layer.weight.detach()
             mask = layer.structure.mask(w, sparsities[layer.name], score=layer.score)
             masking.set_mask(layer, mask, self.optimizer)
+
+    def verify(self) -> dict[str, list[str]]:
+        """Check every pruned layer's mask, and that its weight is zero where the mask drops,
+        against its declared structure; returns the violations of the layers that have any."""
+        out = {}
+        for name, mask in self.masks().items():
+            layer = next(l for l in self.pruned if l.name == name)
+            problems = verify(mask, layer.structure, is_mask=True)
+            stray = int((layer.weight.detach()[~mask] != 0).sum())
+            if stray:
+                problems.append(f"{stray} weights are non-zero where the mask drops them")
+            if problems:
+                out[name] = problems
+        return out
 
     # -- reporting and state -------------------------------------------------------------------
     def report(self) -> list[dict[str, Any]]:

@@ -196,6 +196,10 @@ class TrainConfig:
         check_range(s, "seed", self.seed, 0)
         check_range(s, "threads", self.threads, 1)
         check_range(s, "eval_every", self.eval_every, 1)
+        if self.lr_at_freeze == "boost" and self.freeze_lr is None:
+            raise ConfigError(
+                "train.freeze_lr: required by lr_at_freeze 'boost' (the LR to jump to)"
+            )
         if self.nesterov and self.momentum == 0:
             raise ConfigError("train.nesterov: needs train.momentum > 0, got momentum 0")
         if sorted(self.milestones) != list(self.milestones):

@@ -137,6 +137,7 @@ def finish(
     final: dict[str, float],
     history: list[dict],
     wall: float,
+    violations: dict[str, list[str]],
 ) -> dict[str, Any]:
     """Write final weights, masks and summary.json; return the summary."""
     rows = sp.report()
@@ -162,6 +163,7 @@ def finish(
         "wall_time": wall,
         "params_total": total,
         "params_nonzero": nonzero,
+        "violations": violations,
         "layers": rows,
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")

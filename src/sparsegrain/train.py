@@ -203,9 +203,10 @@ def run(
         runfiles.save_checkpoint(out, model, optimizer, sp, epoch + 1, history, wall)
         runfiles.write_metrics(out, history)
         log(_epoch_line(row, tr.epochs))
+    violations = sp.verify()
     sp.finalize()
     final = evaluate(model, data.test, tr.channels_last)
-    summary = runfiles.finish(out, recipe, model, sp, final, history, wall)
+    summary = runfiles.finish(out, recipe, model, sp, final, history, wall, violations)
     log("")
     log(format_summary(summary))
     return summary

@@ -1,0 +1,122 @@
+"""Train a list of recipes (in parallel lanes), collect their summaries and print one table.
+
+Reproduce the Campfire table of BENCHMARKS.md (reference budget, about 12 minutes a run alone
+on 2 cores):
+
+    .venv/bin/python bench/grid.py --jobs 2 --results bench/results/campfire_fmnist.json \\
+        recipes/resnet20_fmnist_dense.yaml recipes/resnet20_fmnist_campfire_*.yaml
+
+``--quick`` runs the quick budget instead (20k-image subset, 4 epochs, pruning window scaled to
+the shorter run). Finished runs are reused, interrupted ones resumed, so the command can be run
+again after a stop. Results (one summary per recipe) are kept as JSON so the table can be
+rebuilt with ``--table-only``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICK = ["data.train_subset=20000", "train.epochs=4"]
+
+
+def quick_sets(recipe: dict) -> list[str]:
+    sets = list(QUICK)
+    sp = recipe.get("sparsity", {})
+    epochs = recipe.get("train", {}).get("epochs", 10)
+    if sp.get("method", "dense") != "dense":
+        scale = 4 / epochs
+        sets += [
+            f"sparsity.start={sp.get('start', 0) * scale:g}",
+            f"sparsity.end={sp.get('end', 0) * scale:g}",
+        ]
+    return sets
+
+
+def run_one(recipe: Path, out: Path, sets: list[str], threads: int) -> dict:
+    summary = out / "summary.json"
+    if summary.is_file():
+        return json.loads(summary.read_text())
+    cmd = [
+        str(ROOT / ".venv/bin/sparsegrain"),
+        "train",
+        "--out",
+        str(out),
+        "--set",
+        "train.progress=false",
+        "--set",
+        f"train.threads={threads}",
+    ]
+    if (out / "checkpoint.safetensors").is_file():
+        cmd += ["--resume"]
+    else:
+        cmd += ["--recipe", str(recipe), "--overwrite"] + [x for s in sets for x in ("--set", s)]
+    t0 = time.time()
+    log = out.parent / f"{out.name}.log"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as f:
+        code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if code != 0:
+        raise SystemExit(f"{recipe} failed (exit {code}); see {log}")
+    print(f"done {recipe.name} in {time.time() - t0:.0f} s", flush=True)
+    return json.loads(summary.read_text())
+
+
+def table(results: dict[str, dict]) -> str:
+    dense = [r for r in results.values() if r["method"] == "dense"]
+    base = dense[0]["top1"] if dense else None
+    rows = [
+        "| recipe | method | structure | target | achieved | top-1 | vs dense | top-5 | wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        delta = f"{r['top1'] - base:+.2f}" if base is not None else ""
+        rows.append(
+            f"| {name} | {r['method']} | {r['structure']} | {r['target']:.2f} | "
+            f"{r['sparsity']:.4f} | {r['top1']:.2f} | {delta} | {r['top5']:.2f} | "
+            f"{r['wall_time']:.0f} |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("recipes", nargs="*", type=Path)
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "grid")
+    p.add_argument("--results", type=Path, required=True, help="JSON file of summaries")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per run")
+    p.add_argument("--quick", action="store_true", help="quick budget (smoke check)")
+    p.add_argument("--set", action="append", default=[], help="extra override for every run")
+    p.add_argument("--table-only", action="store_true", help="print the table of --results")
+    args = p.parse_args()
+    results = json.loads(args.results.read_text()) if args.results.is_file() else {}
+    if not args.table_only:
+        threads = args.threads or max(1, 2 // args.jobs)
+        out = args.out / ("quick" if args.quick else "reference")
+
+        def job(recipe: Path) -> tuple[str, dict]:
+            data = yaml.safe_load(recipe.read_text())
+            sets = (quick_sets(data) if args.quick else []) + args.set
+            return recipe.stem, run_one(recipe, out / recipe.stem, sets, threads)
+
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for future in as_completed([pool.submit(job, r) for r in args.recipes]):
+                name, summary = future.result()
+                summary = {k: v for k, v in summary.items() if k != "layers"}
+                results[name] = summary
+                args.results.parent.mkdir(parents=True, exist_ok=True)
+                args.results.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    print(table(dict(sorted(results.items()))))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
