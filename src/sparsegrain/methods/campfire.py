@@ -61,8 +61,9 @@ class Campfire(Method):
 
 
 class OneShot(Method):
-    """Magnitude-prune once to the target at `start` (default 0: a trained model), then fine-tune
-    with the mask fixed. The baseline."""
+    """Magnitude pruning once at `start` (0: a trained model, --init), then fine-tuning with the mask fixed.
+
+    The baseline of every gradual method."""
 
     name = "oneshot"
     needs_init = True
