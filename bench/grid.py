@@ -96,6 +96,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads per run")
     p.add_argument("--quick", action="store_true", help="quick budget (smoke check)")
     p.add_argument("--set", action="append", default=[], help="extra override for every run")
+    p.add_argument("--tag", default="", help="suffix of the run names and result keys")
     p.add_argument("--table-only", action="store_true", help="print the table of --results")
     args = p.parse_args()
     results = json.loads(args.results.read_text()) if args.results.is_file() else {}
@@ -106,7 +107,8 @@ def main() -> None:
         def job(recipe: Path) -> tuple[str, dict]:
             data = yaml.safe_load(recipe.read_text())
             sets = (quick_sets(data) if args.quick else []) + args.set
-            return recipe.stem, run_one(recipe, out / recipe.stem, sets, threads)
+            name = recipe.stem + args.tag
+            return name, run_one(recipe, out / name, sets, threads)
 
         with ThreadPoolExecutor(args.jobs) as pool:
             for future in as_completed([pool.submit(job, r) for r in args.recipes]):

@@ -165,6 +165,7 @@ def finish(
         "params_nonzero": nonzero,
         "violations": violations,
         "layers": rows,
+        **sp.method.summary_extra(),
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

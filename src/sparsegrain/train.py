@@ -41,16 +41,22 @@ def build_model(recipe: Recipe, num_classes: int, in_channels: int) -> nn.Module
     )
 
 
-def lr_for(recipe: Recipe, t: float) -> float:
+def lr_for(recipe: Recipe, t: float, handle: Sparsifier | None = None) -> float:
+    """The LR at clock ``t``; where the method maps ``t`` into phases (``Method.lr_clock``), the
+    schedule runs over the current phase, else over the run (with the freeze restart if any)."""
     tr, sp = recipe.train, recipe.sparsity
+    clock = handle.method.lr_clock(t) if handle is not None else None
+    epochs = tr.epochs
     restart_at = restart_lr = None
-    if tr.lr_at_freeze != "none" and sp.end is not None and sp.method != "dense":
+    if clock is not None:
+        t, epochs = clock
+    elif tr.lr_at_freeze != "none" and sp.end is not None and sp.method != "dense":
         restart_at = sp.end
         restart_lr = tr.freeze_lr if tr.freeze_lr is not None else tr.lr
     return lr_at(
         t,
         base_lr=tr.lr,
-        epochs=tr.epochs,
+        epochs=epochs,
         schedule=tr.schedule,
         warmup_epochs=tr.warmup_epochs,
         step_size=tr.step_size,
@@ -104,7 +110,7 @@ def train_epoch(
     loss_sum, correct, seen = 0.0, 0, 0
     bar = _progress(loader, tr.progress, f"epoch {epoch + 1}/{tr.epochs}")
     for x, y in bar:
-        lr = lr_for(recipe, sp.epoch)
+        lr = lr_for(recipe, sp.epoch, sp)
         for g in optimizer.param_groups:
             g["lr"] = lr
         if tr.channels_last:
@@ -129,7 +135,7 @@ def train_epoch(
                 loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}", lr=f"{lr:.3g}"
             )
     return {
-        "lr": lr_for(recipe, sp.epoch),
+        "lr": lr_for(recipe, sp.epoch, sp),
         "train_loss": loss_sum / max(seen, 1),
         "train_top1": 100.0 * correct / max(seen, 1),
     }
@@ -197,6 +203,7 @@ def run(
             ev = evaluate(model, data.test, tr.channels_last)
             row.update(test_loss=ev["loss"], test_top1=ev["top1"], test_top5=ev["top5"])
         row["sparsity"] = overall_sparsity(sp.report())
+        row.update(sp.method.metrics())
         row["time"] = time.perf_counter() - t0
         wall += row["time"]
         history.append(row)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..registry import Registry
+from .admm import Admm
 from .base import Method
 from .campfire import Campfire, Dense, OneShot
 
@@ -10,5 +11,6 @@ METHODS = Registry("method")
 METHODS.register(Dense.name, Dense)
 METHODS.register(Campfire.name, Campfire, aliases=("gmp",))
 METHODS.register(OneShot.name, OneShot)
+METHODS.register(Admm.name, Admm, aliases=("structadmm",))
 
 __all__ = ["METHODS", "Method", "Campfire", "Dense", "OneShot"]

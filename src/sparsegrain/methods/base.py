@@ -15,7 +15,9 @@ class Method:
 
     Hooks: ``attach`` (once, from ``sparsify_``), ``penalty`` (added to the loss),
     ``on_step`` (after each optimizer step; ``handle.epoch`` already advanced), ``finalize``
-    (before parametrizations are baked in), ``state_dict``/``load_state_dict`` (resume).
+    (before parametrizations are baked in), ``state_dict``/``load_state_dict`` (resume),
+    ``lr_clock`` (phases the LR schedule restarts in), ``metrics`` (extra per-epoch metrics) and
+    ``summary_extra`` (extra keys of ``summary.json``).
     """
 
     name = "base"
@@ -42,6 +44,19 @@ class Method:
 
     def finalize(self) -> None:
         pass
+
+    def lr_clock(self, t: float) -> tuple[float, float] | None:
+        """Map the run clock ``t`` (epochs) to ``(t within the phase, phase length)``: the trainer
+        evaluates the LR schedule there, so it restarts every phase. None: the run's schedule."""
+        return None
+
+    def metrics(self) -> dict[str, float]:
+        """Extra numbers for the current epoch's line of ``metrics.jsonl``."""
+        return {}
+
+    def summary_extra(self) -> dict[str, Any]:
+        """Extra top-level keys (JSON-able) for the run's ``summary.json``."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         return {}
