@@ -22,7 +22,11 @@ Choices taken from the authors' public code, where the paper is silent:
   sec. 3.4.1, would scale it by ``rho_old / rho_new``).
 - The learning rate restarts every ADMM period (their ``admm_adjust_learning_rate``): here the
   recipe's schedule runs over one period and starts again (``lr_clock``); during retraining it
-  runs once over the remaining epochs.
+  runs once over the remaining epochs. ``train.step_size``, ``milestones`` and ``warmup_epochs``
+  count epochs within the phase (``schedule: step`` with ``step_size = admm_epochs / 3`` and
+  ``gamma: 0.1`` is the authors' schedule); ``train.lr_at_freeze`` does not apply.
+- The hard prune is placed by ``admm_periods`` (not by an epoch): it is the end of the last
+  period, epoch ``admm_epochs * admm_periods``, which must fit in the run.
 
 Progress is the primal residual ``||W - Z||_F / ||W||_F`` after each Z-step, per layer and over
 all pruned layers (``history``; in ``summary.json`` under ``admm``).
