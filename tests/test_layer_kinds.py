@@ -64,8 +64,22 @@ def test_global_scope_uses_one_threshold_for_fine():
     assert int(m["1"].sum()) > int(m["0"].sum())  # the large layer keeps more
 
 
-@pytest.mark.parametrize("spec", ["fine", "vector", "kernel", "filter", "channel", "shape",
-                                  "window", "kernel-quota", "combined", "nm:2:4", "block:2x4"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "fine",
+        "vector",
+        "kernel",
+        "filter",
+        "channel",
+        "shape",
+        "window",
+        "kernel-quota",
+        "combined",
+        "nm:2:4",
+        "block:2x4",
+    ],
+)
 def test_every_structure_on_a_resnet(spec):
     model = create_model("resnet_tiny", num_classes=10, in_channels=1)
     sp = prune_now(model, structure=spec, target=0.5, fallback="fine", exclude=None)

@@ -121,3 +121,11 @@ def test_bad_files(tmp_path):
     scalar.write_text("42\n")
     with pytest.raises(ConfigError, match="expected a mapping of sections, got int"):
         load_recipe(scalar)
+
+
+def test_scope_defaults_per_method():
+    assert load_recipe({"sparsity": {"method": "campfire", "end": 1}}).sparsity.scope == "layer"
+    assert load_recipe({"sparsity": {"method": "feather"}}).sparsity.scope == "global"
+    assert load_recipe({"sparsity": {"method": "feather", "scope": "layer"}}).sparsity.scope == (
+        "layer"
+    )

@@ -58,3 +58,26 @@ def test_restart_at_freeze():
 def test_unknown_schedule():
     with pytest.raises(ValueError, match="choose from"):
         lr_at(0.0, base_lr=0.1, epochs=1, schedule="cosin")
+
+
+def test_trainer_restarts_the_lr_at_freeze_only_for_freezing_methods():
+    from sparsegrain.recipe import load_recipe
+    from sparsegrain.train import lr_for
+
+    sets = [
+        "train.epochs=10",
+        "train.lr_at_freeze=restart",
+        "sparsity.target=0.5",
+        "sparsity.start=1",
+        "sparsity.end=4",
+    ]
+    camp = load_recipe({}, sets + ["sparsity.method=campfire"])
+    assert lr_for(camp, 3.99) == pytest.approx(lr_at(3.99, base_lr=0.1, epochs=10))
+    assert lr_for(camp, 4.0) == pytest.approx(0.1)
+    assert lr_for(camp, 7.0) == pytest.approx(0.05)
+    boost = load_recipe(
+        {}, sets + ["sparsity.method=campfire", "train.lr_at_freeze=boost", "train.freeze_lr=0.03"]
+    )
+    assert lr_for(boost, 4.0) == pytest.approx(0.03)
+    feather = load_recipe({}, sets + ["sparsity.method=feather"])
+    assert lr_for(feather, 4.0) == pytest.approx(lr_at(4.0, base_lr=0.1, epochs=10))

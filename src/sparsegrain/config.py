@@ -224,7 +224,7 @@ class SparsityConfig:
     start: float = 0.0  # epochs
     end: float | None = None  # epochs; required by gradual methods
     frequency: int = 100  # steps between mask updates
-    scope: str = "layer"  # layer | global
+    scope: str | None = None  # layer | global; None: the method's default_scope
     score: str = "l1"
     include: list[str] = field(default_factory=list)  # empty: every Conv/Linear
     exclude: list[str] | None = None  # None: first conv and classifier; []: prune everything
@@ -253,6 +253,8 @@ class SparsityConfig:
             )
         merged = {**obj.params, **extras}
         obj.params = dataclasses.asdict(from_dict(method.Params, merged, "sparsity"))
+        if obj.scope is None:
+            obj.scope = getattr(method, "default_scope", "layer")
         obj.validate_common(method)
         return obj
 

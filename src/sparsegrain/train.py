@@ -41,6 +41,12 @@ def build_model(recipe: Recipe, num_classes: int, in_channels: int) -> nn.Module
     )
 
 
+def _freezes(method: str) -> bool:
+    from .methods import METHODS
+
+    return getattr(METHODS.get(method), "freezes_mask", False)
+
+
 def lr_for(recipe: Recipe, t: float, handle: Sparsifier | None = None) -> float:
     """The LR at clock ``t``; where the method maps ``t`` into phases (``Method.lr_clock``), the
     schedule runs over the current phase, else over the run (with the freeze restart if any)."""
@@ -50,7 +56,7 @@ def lr_for(recipe: Recipe, t: float, handle: Sparsifier | None = None) -> float:
     restart_at = restart_lr = None
     if clock is not None:
         t, epochs = clock
-    elif tr.lr_at_freeze != "none" and sp.end is not None and sp.method != "dense":
+    elif tr.lr_at_freeze != "none" and sp.end is not None and _freezes(sp.method):
         restart_at = sp.end
         restart_lr = tr.freeze_lr if tr.freeze_lr is not None else tr.lr
     return lr_at(

@@ -23,6 +23,8 @@ class Method:
     name = "base"
     needs_end = False  # the recipe must give sparsity.end
     needs_init = False  # starts from a trained model (--init)
+    default_scope = "layer"  # sparsity.scope when the recipe gives none
+    freezes_mask = False  # the mask freezes at sparsity.end (train.lr_at_freeze applies there)
 
     @dataclass
     class Params:

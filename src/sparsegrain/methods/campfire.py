@@ -22,6 +22,7 @@ class Campfire(Method):
 
     name = "campfire"
     needs_end = True
+    freezes_mask = True
 
     @dataclass
     class Params:

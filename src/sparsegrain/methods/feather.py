@@ -27,8 +27,7 @@ Per-layer ``target`` overrides: under ``scope: layer`` each layer ramps to its o
 under ``scope: global`` they only set the one quantile's ``q`` (their size-weighted mean), and
 the global threshold then decides how that sparsity is spread over layers. ``theta``'s default
 rule reads the final sparsity that sets the layer's threshold (global mean, or the layer's own).
-The common default of ``scope`` is ``layer``: recipes of the paper's setting write ``scope:
-global``.
+Without ``sparsity.scope`` in the recipe, Feather uses ``global``, the paper's setting.
 
 Method keys (beside the common ones): ``p`` (default 3), ``theta`` (default: the rule above),
 ``ramp_start``, ``ramp_end``. ``frequency`` and ``score`` are not used (``T`` moves every step and
@@ -124,6 +123,7 @@ class Feather(Method):
     """Straight-through p-thresholding with one global threshold on a cubic ramp (Feather)."""
 
     name = "feather"
+    default_scope = "global"
 
     @dataclass
     class Params:
