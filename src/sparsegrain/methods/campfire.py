@@ -62,7 +62,7 @@ class Campfire(Method):
 
 
 class OneShot(Method):
-    """Magnitude pruning once at `start` (0: a trained model, --init), then fine-tuning with the mask fixed.
+    """Magnitude pruning once at `start` (0: a trained model, --init), then a fixed-mask fine-tune.
 
     The baseline of every gradual method."""
 
