@@ -5,10 +5,11 @@ import math
 import pytest
 import torch
 import yaml
+from conftest import assert_same_files
+from conftest import train_cli as train
 from torch import nn
 
 import sparsegrain
-from sparsegrain import cli, runfiles
 from sparsegrain.checkpoint import load_tensors
 from sparsegrain.errors import ConfigError
 from sparsegrain.methods.admm import projection
@@ -341,10 +342,6 @@ ADMM = {
 }
 
 
-def train(*args):
-    return cli.main(["train", *map(str, args)])
-
-
 @pytest.fixture(scope="module")
 def dense_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("admm")
@@ -394,25 +391,13 @@ def test_admm_needs_init(tmp_path, dense_run, capsys):
     assert "give --init" in capsys.readouterr().err
 
 
-def test_admm_resume_mid_period_is_identical(tmp_path, dense_run, monkeypatch):
+def test_admm_resume_mid_period_is_identical(tmp_path, dense_run, crash_and_resume):
     dense, recipe = dense_run
     ref = tmp_path / "ref"
     assert train("--recipe", recipe, "--out", ref, "--init", dense) == 0
     crashed = tmp_path / "crashed"
-    real_save = runfiles.save_checkpoint
-
-    def save_then_die(out, model, opt, sp, epoch, *a):
-        real_save(out, model, opt, sp, epoch, *a)
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(runfiles, "save_checkpoint", save_then_die)
-    assert train("--recipe", recipe, "--out", crashed, "--init", dense) == 130
-    monkeypatch.setattr(runfiles, "save_checkpoint", real_save)
-    assert train("--out", crashed, "--resume") == 0
-    a, _ = load_tensors(ref / "model.safetensors")
-    b, _ = load_tensors(crashed / "model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    crash_and_resume(crashed, "--recipe", recipe, "--init", dense)
+    assert_same_files(ref, crashed)
     sa = json.loads((ref / "summary.json").read_text())["admm"]
     sb = json.loads((crashed / "summary.json").read_text())["admm"]
     assert sa == sb

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from conftest import assert_same_files
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -284,13 +285,12 @@ def test_state_dict_round_trip_resumes_exactly():
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))
 
 
-def test_resume_in_the_trainer_gives_identical_weights(tmp_path, monkeypatch):
+def test_resume_in_the_trainer_gives_identical_weights(tmp_path, crash_and_resume):
     import json
 
     import yaml
 
-    from sparsegrain import cli, runfiles
-    from sparsegrain.checkpoint import load_tensors
+    from sparsegrain import cli
 
     recipe = {
         "model": {"name": "resnet_tiny"},
@@ -307,21 +307,8 @@ def test_resume_in_the_trainer_gives_identical_weights(tmp_path, monkeypatch):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     assert cli.main(["train", "--recipe", str(path), "--out", str(tmp_path / "ref")]) == 0
-    real_save = runfiles.save_checkpoint
-
-    def save_then_die(out, model, opt, sp, epoch, *a):
-        real_save(out, model, opt, sp, epoch, *a)
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(runfiles, "save_checkpoint", save_then_die)
-    crashed = str(tmp_path / "crashed")
-    assert cli.main(["train", "--recipe", str(path), "--out", crashed]) == 130
-    monkeypatch.setattr(runfiles, "save_checkpoint", real_save)
-    assert cli.main(["train", "--out", crashed, "--resume"]) == 0
-    a, _ = load_tensors(tmp_path / "ref" / "model.safetensors")
-    b, _ = load_tensors(tmp_path / "crashed" / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    crash_and_resume(tmp_path / "crashed", "--recipe", path)
+    assert_same_files(tmp_path / "ref", tmp_path / "crashed")
     summary = json.loads((tmp_path / "ref" / "summary.json").read_text())
     assert summary["feather"] == {"p": 3.0, "theta": 1.0, "ramp": [0.0, 1.5]}
     assert summary["violations"] == {}

@@ -3,8 +3,10 @@ import json
 import pytest
 import torch
 import yaml
+from conftest import assert_same_files
+from conftest import train_cli as train
 
-from sparsegrain import cli, runfiles
+from sparsegrain import cli
 from sparsegrain.checkpoint import load_tensors
 from sparsegrain.models import create_model
 
@@ -35,10 +37,6 @@ def recipe_file(tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(RECIPE))
     return path
-
-
-def train(*args):
-    return cli.main(["train", *map(str, args)])
 
 
 def test_train_writes_the_run_directory(tmp_path, recipe_file, capsys):
@@ -74,30 +72,14 @@ def test_train_writes_the_run_directory(tmp_path, recipe_file, capsys):
     assert res["top1"] == pytest.approx(summary["top1"])
 
 
-def test_resume_after_a_crash_gives_identical_weights(tmp_path, recipe_file, monkeypatch):
+def test_resume_after_a_crash_gives_identical_weights(tmp_path, recipe_file, crash_and_resume):
     ref = tmp_path / "ref"
     assert train("--recipe", recipe_file, "--out", ref) == 0
 
     crashed = tmp_path / "crashed"
-    real_save = runfiles.save_checkpoint
-
-    def save_then_die(out, model, opt, sp, epoch, *a):
-        real_save(out, model, opt, sp, epoch, *a)
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(runfiles, "save_checkpoint", save_then_die)
-    assert train("--recipe", recipe_file, "--out", crashed) == 130
-    monkeypatch.setattr(runfiles, "save_checkpoint", real_save)
-    assert not (crashed / "summary.json").exists()
-    assert train("--out", crashed, "--resume") == 0
-    a, _ = load_tensors(ref / "model.safetensors")
-    b, _ = load_tensors(crashed / "model.safetensors")
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    ma, _ = load_tensors(ref / "masks.safetensors")
-    mb, _ = load_tensors(crashed / "masks.safetensors")
-    assert all(torch.equal(ma[k], mb[k]) for k in ma)
+    crash_and_resume(crashed, "--recipe", recipe_file)
+    assert_same_files(ref, crashed)
+    assert_same_files(ref, crashed, "masks.safetensors")
     assert len((crashed / "metrics.jsonl").read_text().splitlines()) == 2
 
 

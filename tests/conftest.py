@@ -1,0 +1,42 @@
+"""Shared test helpers: a CLI run, and a run killed after an epoch then resumed."""
+
+import pytest
+import torch
+
+from sparsegrain import cli, runfiles
+from sparsegrain.checkpoint import load_tensors
+
+
+def train_cli(*args) -> int:
+    """``sparsegrain train ARGS`` in-process; returns the exit status."""
+    return cli.main(["train", *map(str, args)])
+
+
+def assert_same_files(a_dir, b_dir, name="model.safetensors"):
+    a, _ = load_tensors(a_dir / name)
+    b, _ = load_tensors(b_dir / name)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture
+def crash_and_resume(monkeypatch):
+    """Run ``train ARGS --out OUT`` stopping right after epoch ``at``'s checkpoint, check it
+    stopped (status 130, no summary), then ``train --out OUT --resume``."""
+
+    def go(out, *args, at=1):
+        real_save = runfiles.save_checkpoint
+
+        def save_then_die(out_, model, opt, sp, epoch, *rest):
+            real_save(out_, model, opt, sp, epoch, *rest)
+            if epoch == at:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(runfiles, "save_checkpoint", save_then_die)
+        assert train_cli(*args, "--out", out) == 130
+        monkeypatch.setattr(runfiles, "save_checkpoint", real_save)
+        assert not (out / "summary.json").exists()
+        assert train_cli("--out", out, "--resume") == 0
+
+    return go
