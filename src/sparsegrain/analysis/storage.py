@@ -1,0 +1,337 @@
+"""Bits to store one layer's sparse weight, per encoding, and the bound no encoding can beat.
+
+Input: a weight with exact zeros, or a bool mask (True / non-zero = kept), and a structure name;
+never the method that made them. A weight is viewed as ``(K, C, R, S)`` (``shape_4d``) and
+flattened row-major, i.e. over the ``(K, C*R*S)`` GEMM view with columns in ``(c, r, s)`` order:
+position ``p = ((k*C + c)*R + r)*S + s``. ``N = K*C*R*S``, ``nnz`` = non-zero entries,
+``v = BitWidths.value``, ``b = BitWidths.index``.
+
+Encodings (bits; per-layer headers such as the shape, the entry count or the quota ``n`` are
+not counted):
+
+- ``bitmap``: ``N + nnz*v``; one bit per weight, then the values of the non-zeros.
+- ``csr``: relative index (Deep Compression, Han et al. 2016, sec. 3 and fig. 2). The non-zeros
+  at positions ``p_1 < p_2 < ...`` are stored as (value, gap) pairs of ``v + b`` bits. The first
+  gap is counted from position 0 (``gap_1 = p_1``, so an entry at position 0 has gap 0, as in
+  fig. 2 where the entry at index 1 has diff 1); later gaps are ``p_i - p_{i-1}``. A gap must be at
+  most ``L = 2**b - 1``; a larger gap ``g`` is bridged by ``(g - 1) // L`` filler entries (value
+  zero, gap ``L``), each costing ``v + b``. So ``csr = (nnz + fillers) * (v + b)``. Fig. 2 lets a
+  3-bit gap reach 8 (it stores ``gap - 1``); here a gap reaches ``2**b - 1`` and the code 0 is
+  only used by an entry at position 0. No row pointers: gaps run across rows.
+- ``group`` (coarse structures: vector, kernel, filter, channel, shape, block; kernel-quota and
+  combined at kernel granularity): groups are taken in the structure's ``group_view`` order
+  (kernels in ``(k, c)`` order for kernel, kernel-quota and combined; columns in ``(c, r, s)``
+  order for shape; blocks row-major over the GEMM view). A group is kept when it holds any
+  non-zero, and all ``E`` elements of a kept group are stored as values, zeros included. The kept
+  groups are addressed by whichever is smaller in total: ``relative`` (the csr rule above on the
+  group sequence; a filler is a whole group of ``E`` zero values plus its gap) or ``bitmap`` (one
+  bit per group); ties go to ``bitmap``. ``group = address + kept*E*v``.
+- ``quota`` and ``quota-rank`` (balanced structures: window, kernel-quota, nm, combined): every
+  domain of ``G`` groups keeps the same count ``n`` (the largest count over the domains; a domain
+  with fewer kept groups stores extra zero groups). ``quota`` stores each kept group's position in
+  its domain, ``ceil(log2 G)`` bits per kept group; ``quota-rank`` stores per domain the rank of
+  its subset among all ``C(G, n)``, ``ceil(log2 C(G, n))`` bits. Both add ``D*n*E*v`` value bits.
+  N:M metadata as sparse tensor cores use it is ``quota`` with ``G = M`` (2:4 -> 2 bits per kept
+  element). Combined has two levels: per filter ``m`` of ``C`` kernels, then per kept kernel
+  ``n`` of ``R*S`` elements (``n`` the largest count over kept kernels).
+
+The bound: ``log2`` of the number of masks the structure allows at the observed count, plus the
+value bits of what that description stores, taken as the smallest over the levels at which the
+structure describes the layer:
+
+- fine level (every structure): ``log2 C(N, nnz) + nnz*v``;
+- group level (coarse structures): ``log2 C(D*G, kept) + kept*E*v``;
+- balanced level: ``D * log2 C(G, n) + D*n*E*v`` (combined: ``K log2 C(C, m) +
+  K*m log2 C(R*S, n) + K*m*n*v``).
+
+For a mask of the structure this is the structure's own term (the finer levels are never
+smaller); the other levels only matter when kept groups hold zeros. The bound is at most every
+fixed-length encoding on every mask (``bitmap``, ``quota``, ``quota-rank``, ``group`` with bitmap
+addressing) and at most every encoding's worst case at that count. A variable-length code
+(``csr``, ``group`` with relative addressing) spends fewer bits on favourable masks (non-zeros
+clustered so that gaps are short) and more on others, so on a particular mask it can go below the
+bound; ``layer_storage`` lists such encodings under ``below_bound``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..structures import Combined, Kernel, KernelQuota, Structure, as_4d, parse_structure
+from ..summary import format_table
+
+ENCODINGS = ("bitmap", "csr", "group", "quota", "quota-rank")
+COARSE = ("vector", "kernel", "filter", "channel", "shape", "block", "kernel-quota", "combined")
+DENSE_NOTE = "a layer left dense is stored dense: BitWidths.dense (32) bits per weight"
+_EXACT_LIMIT = 4096  # log2 C(n, k) from exact integers up to this n, from lgamma above
+
+
+@dataclass(frozen=True)
+class BitWidths:
+    """Bit widths: ``value`` per stored value, ``index`` per relative index (csr, group
+    relative), ``dense`` per weight of the dense baseline (fp32: 32)."""
+
+    value: int = 32
+    index: int = 4
+    dense: int = 32
+
+    def __post_init__(self) -> None:
+        for name, low in (("value", 0), ("index", 1), ("dense", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"BitWidths.{name} must be an integer >= {low}, got {v!r}")
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Bits of one encoding: ``value`` (stored values) + ``index`` (indices and metadata)."""
+
+    value: int
+    index: int
+    fillers: int = 0  # csr / group relative: filler entries (their bits are already included)
+    addressing: str = ""  # group: "relative" or "bitmap"
+
+    @property
+    def total(self) -> int:
+        return self.value + self.index
+
+
+# -- exact integer helpers ------------------------------------------------------------------------
+
+
+def ceil_log2(x: int) -> int:
+    """``ceil(log2 x)`` for an integer ``x >= 1``, exactly (0 for x = 1)."""
+    if x < 1:
+        raise ValueError(f"ceil_log2 needs an integer >= 1, got {x}")
+    return (x - 1).bit_length()
+
+
+def log2_comb(n: int, k: int) -> float:
+    """``log2 C(n, k)``: from the exact integer for ``n <= 4096``, from ``math.lgamma`` above."""
+    if not 0 <= k <= n:
+        raise ValueError(f"log2_comb needs 0 <= k <= n, got n={n}, k={k}")
+    k = min(k, n - k)
+    if k == 0:
+        return 0.0
+    if n <= _EXACT_LIMIT:
+        return math.log2(math.comb(n, k))
+    return (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)) / math.log(2)
+
+
+def relative_fillers(positions: Tensor, index_bits: int) -> int:
+    """Filler entries the csr rule needs for sorted ``positions`` with ``index_bits`` per gap.
+
+    ``gap_1 = p_1`` (counted from position 0), ``gap_i = p_i - p_{i-1}``; a gap ``g`` needs
+    ``max(0, (g - 1) // (2**index_bits - 1))`` fillers.
+    """
+    if positions.numel() == 0:
+        return 0
+    p = positions.reshape(-1).to(torch.int64)
+    gaps = torch.diff(p, prepend=p.new_zeros(1))
+    return int(((gaps - 1).clamp(min=0) // (2**index_bits - 1)).sum())
+
+
+# -- occupancy at each level ----------------------------------------------------------------------
+
+
+def _group_structure(st: Structure) -> Structure | None:
+    """The structure whose groups the ``group`` encoding addresses (kernels for the quotas)."""
+    if st.name not in COARSE:
+        return None
+    return Kernel() if isinstance(st, (KernelQuota, Combined)) else st
+
+
+def _kept_groups(occ4: Tensor, st: Structure) -> tuple[Tensor, int]:
+    """Bool ``(D*G,)`` kept groups in ``group_view`` order, and ``E``."""
+    view = st.group_view(occ4)
+    return view.any(-1).reshape(-1), view.shape[-1]
+
+
+def _levels(occ4: Tensor, st: Structure) -> list[tuple[int, int, int]]:
+    """Balanced description: ``[(D, G, n), ...]`` per level; values are ``D*n*E`` of the last."""
+    k, c, r, s = occ4.shape
+    if isinstance(st, Combined):
+        per_kernel = occ4.reshape(k * c, r * s).sum(1)
+        m = int((per_kernel > 0).reshape(k, c).sum(1).max())
+        n = int(per_kernel.max())
+        return [(k, c, m), (k * m, r * s, n)]
+    view = st.group_view(occ4).any(-1)
+    d, g = view.shape
+    return [(d, g, int(view.sum(1).max()))]
+
+
+def _last_values(occ4: Tensor, st: Structure, levels: list[tuple[int, int, int]]) -> int:
+    """Values stored by the balanced description: ``D*n*E`` of the last level."""
+    d, _, n = levels[-1]
+    e = 1 if isinstance(st, Combined) else st.group_view(occ4).shape[-1]
+    return d * n * e
+
+
+# -- encodings ------------------------------------------------------------------------------------
+
+
+def _occupancy(t: Tensor, st: Structure) -> Tensor:
+    reason = st.fits(t.shape)
+    if reason is not None:
+        raise ValueError(f"structure does not fit weight shape {tuple(t.shape)}: {reason}")
+    return as_4d(t.detach() != 0).cpu()
+
+
+def _group_cost(occ4: Tensor, gst: Structure, bits: BitWidths) -> Cost:
+    kept, e = _kept_groups(occ4, gst)
+    n_kept = int(kept.sum())
+    fillers = relative_fillers(kept.nonzero().reshape(-1), bits.index)
+    values = n_kept * e * bits.value
+    # Relative addressing: every entry has a gap; a filler also stores a group of E zero values.
+    rel_index, rel_extra = (n_kept + fillers) * bits.index, fillers * e * bits.value
+    if rel_index + rel_extra < kept.numel():
+        return Cost(values + rel_extra, rel_index, fillers, "relative")
+    return Cost(values, kept.numel(), 0, "bitmap")
+
+
+def _quota_costs(occ4: Tensor, st: Structure, bits: BitWidths) -> dict[str, Cost]:
+    levels = _levels(occ4, st)
+    values = _last_values(occ4, st, levels) * bits.value
+    pos = sum(d * n * ceil_log2(g) for d, g, n in levels)
+    rank = sum(d * ceil_log2(math.comb(g, n)) for d, g, n in levels)
+    return {"quota": Cost(values, pos), "quota-rank": Cost(values, rank)}
+
+
+def encode(t: Tensor, structure: str | Structure, bits: BitWidths | None = None) -> dict[str, Cost]:
+    """Every encoding that applies to ``structure``, as ``{name: Cost}`` (see the module doc)."""
+    bits = bits or BitWidths()
+    st = parse_structure(structure)
+    occ4 = _occupancy(t, st)
+    numel, nnz = occ4.numel(), int(occ4.sum())
+    fillers = relative_fillers(occ4.reshape(-1).nonzero().reshape(-1), bits.index)
+    out = {
+        "bitmap": Cost(nnz * bits.value, numel),
+        "csr": Cost((nnz + fillers) * bits.value, (nnz + fillers) * bits.index, fillers),
+    }
+    gst = _group_structure(st)
+    if gst is not None:
+        out["group"] = _group_cost(occ4, gst, bits)
+    if st.balanced:
+        out.update(_quota_costs(occ4, st, bits))
+    return out
+
+
+def bound(t: Tensor, structure: str | Structure, bits: BitWidths | None = None) -> float:
+    """The smallest, over the structure's levels, of ``log2 #masks + value bits`` (module doc)."""
+    bits = bits or BitWidths()
+    st = parse_structure(structure)
+    occ4 = _occupancy(t, st)
+    numel, nnz = occ4.numel(), int(occ4.sum())
+    terms = [log2_comb(numel, nnz) + nnz * bits.value]
+    gst = _group_structure(st)
+    if gst is not None:
+        kept, e = _kept_groups(occ4, gst)
+        n_kept = int(kept.sum())
+        terms.append(log2_comb(kept.numel(), n_kept) + n_kept * e * bits.value)
+    if st.balanced:
+        levels = _levels(occ4, st)
+        index = sum(d * log2_comb(g, n) for d, g, n in levels)
+        terms.append(index + _last_values(occ4, st, levels) * bits.value)
+    return min(terms)
+
+
+# -- per layer and per model ----------------------------------------------------------------------
+
+
+def layer_storage(
+    weight_or_mask: Tensor, structure: str | Structure | None, bits: BitWidths | None = None
+) -> dict:
+    """Bits per encoding for one layer, with ``best``, ``bound``, ``dense`` and ``ratio``.
+
+    Keys: every applicable encoding name -> total bits (absent when it does not apply);
+    ``detail`` (name -> value / index bits, fillers, addressing); ``best`` (the smallest
+    encoding; ties to the earlier one in ``ENCODINGS``), ``best_bits``; ``bound`` (float);
+    ``below_bound`` (encodings under the bound: only variable-length ones can be); ``dense``
+    (``bits.dense * numel``); ``ratio`` (``dense / best_bits``; below 1 when no encoding pays);
+    and ``structure``, ``shape``, ``numel``, ``nnz``, ``sparsity``. ``structure=None`` means the
+    layer is left dense: it is stored dense and ``best`` is ``"dense"``.
+    """
+    bits = bits or BitWidths()
+    t = weight_or_mask
+    numel, nnz = t.numel(), int(torch.count_nonzero(t.detach()))
+    dense = bits.dense * numel
+    row: dict = {
+        "shape": list(t.shape),
+        "numel": numel,
+        "nnz": nnz,
+        "sparsity": (numel - nnz) / numel if numel else 0.0,
+        "dense": dense,
+    }
+    if structure is None:
+        row.update(structure="dense", detail={}, best="dense", best_bits=dense, bound=float(dense))
+        row.update(below_bound=[], ratio=1.0)
+        return row
+    st = parse_structure(structure)
+    costs = encode(t, st, bits)
+    best = min(costs, key=lambda name: costs[name].total)
+    lower = bound(t, st, bits)
+    row["structure"] = st.spec
+    row.update({name: c.total for name, c in costs.items()})
+    row["detail"] = {
+        name: {"value": c.value, "index": c.index, "fillers": c.fillers, "addressing": c.addressing}
+        for name, c in costs.items()
+    }
+    row.update(best=best, best_bits=costs[best].total, bound=lower)
+    row["below_bound"] = [name for name, c in costs.items() if c.total < lower]
+    row["ratio"] = dense / costs[best].total if costs[best].total else math.inf
+    return row
+
+
+def model_storage(
+    layers: Sequence[tuple[str, Tensor, str | Structure | None]], bits: BitWidths | None = None
+) -> dict:
+    """Per-layer rows (``layer_storage`` plus ``name``) and totals over ``(name, tensor,
+    structure)`` triples; ``structure=None`` is a layer left dense, stored dense.
+
+    ``total`` holds ``dense``, ``best`` (each layer at its own best; dense layers dense), ``bound``
+    (dense layers at their dense bits), ``ratio`` (``dense / best``), and the total of every
+    encoding that applies to every sparse layer (dense layers counted dense in it).
+    """
+    bits = bits or BitWidths()
+    rows = [{"name": name, **layer_storage(t, st, bits)} for name, t, st in layers]
+    sparse = [r for r in rows if r["structure"] != "dense"]
+    dense_bits = sum(r["dense"] for r in rows if r["structure"] == "dense")
+    total: dict = {
+        "dense": sum(r["dense"] for r in rows),
+        "best": sum(r["best_bits"] for r in rows),
+        "bound": sum(r["bound"] for r in rows),
+    }
+    for name in ENCODINGS:
+        if sparse and all(name in r for r in sparse):
+            total[name] = dense_bits + sum(r[name] for r in sparse)
+    total["ratio"] = total["dense"] / total["best"] if total["best"] else math.inf
+    return {"layers": rows, "total": total, "bits": bits, "note": DENSE_NOTE}
+
+
+def _kib(x: float) -> str:
+    return f"{x / 8 / 1024:.1f}"
+
+
+def format_storage(result: dict) -> str:
+    """A table in KiB (bits / 8192) of ``model_storage``'s result, with the totals and the note."""
+    cols = ("bitmap", "csr", "group", "quota", "quota-rank")
+    head = ["layer", "structure", "sparsity", *cols, "best", "bound", "dense", "ratio"]
+
+    def line(name: str, r: dict, structure: str, sparsity: str, best: str) -> list[str]:
+        cells = [_kib(r[c]) if c in r else "-" for c in cols]
+        extra = [best, _kib(r["bound"]), _kib(r["dense"]), f"{r['ratio']:.2f}"]
+        return [name, structure, sparsity, *cells, *extra]
+
+    rows = [
+        line(r["name"], r, r["structure"], f"{r['sparsity']:.3f}", r["best"])
+        for r in result["layers"]
+    ]
+    rows.append(line("total", result["total"], "", "", _kib(result["total"]["best"])))
+    b = result["bits"]
+    foot = f"KiB; value {b.value} bits, index {b.index} bits; {result['note']}"
+    return format_table(rows, head) + "\n" + foot
