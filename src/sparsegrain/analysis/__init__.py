@@ -1,0 +1,1 @@
+"""Evaluation from a model's weights alone: storage, cost, speed, robustness, sensitivity."""
