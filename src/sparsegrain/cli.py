@@ -56,6 +56,52 @@ def _eval(args) -> int:
     return 0
 
 
+def _analyze(args) -> int:
+    from .analysis.analyze import AnalyzeOptions, analyze, load_subject, write
+
+    attacks = [a for a in args.attacks.split(",") if a] if args.attacks else []
+    for a in attacks:
+        if a not in ("fgsm", "pgd"):
+            raise ConfigError(f"--attacks: unknown attack '{a}'; choose from: fgsm, pgd")
+    opts = AnalyzeOptions(
+        value_bits=args.value_bits,
+        index_bits=args.index_bits,
+        attacks=attacks,
+        epsilons=_floats("--epsilons", args.epsilons),
+        pgd_steps=args.pgd_steps,
+        sensitivity=args.sensitivity,
+        sens_structure=args.sens_structure,
+        max_batches=args.max_batches,
+        progress=not args.no_progress,
+    )
+    subject = load_subject(args.run, args.weights, args.recipe, args.structure)
+    baseline = load_subject(args.baseline) if args.baseline else None
+    result, text = analyze(subject, opts, baseline)
+    out = (
+        Path(args.out)
+        if args.out
+        else (
+            Path(args.run) / "analysis.json"
+            if args.run
+            else Path(args.weights).with_suffix(".json")
+        )
+    )
+    write(result, out)
+    print(text)
+    print(f"\nwrote {out}")
+    return 0
+
+
+def _floats(flag: str, text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+    if not values or any(v < 0 or v > 1 for v in values):
+        raise ConfigError(f"{flag}: expected numbers in [0, 1], got {text!r}")
+    return values
+
+
 def _zero_report(model) -> list[dict]:
     from .masking import candidate_layers
 
@@ -151,6 +197,46 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--run", metavar="DIR", required=True, help="run directory")
     e.add_argument("--json", action="store_true", help="print JSON")
     e.set_defaults(func=_eval)
+
+    a = sub.add_parser(
+        "analyze",
+        help="storage, FLOPs, accelerator model, robustness",
+        description="What a sparse model is worth: storage per encoding with index "
+        "overhead, dense and effective MACs, SCNN-like memory references (our "
+        "reconstruction), accuracy, and on request adversarial robustness and "
+        "per-layer sensitivity. Writes analysis.json.",
+    )
+    src = a.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", metavar="DIR", help="run directory (structures from its summary)")
+    src.add_argument("--weights", metavar="FILE", help="a model.safetensors file")
+    a.add_argument("--recipe", metavar="FILE", help="with --weights: the recipe of the model/data")
+    a.add_argument(
+        "--structure",
+        default="fine",
+        help="with --weights: structure of the layers that hold zeros (default fine)",
+    )
+    a.add_argument("--out", metavar="FILE", help="where to write analysis.json")
+    a.add_argument("--value-bits", type=int, default=32, help="bits per stored value (32)")
+    a.add_argument("--index-bits", type=int, default=4, help="bits per relative index (4)")
+    a.add_argument(
+        "--attacks",
+        default="",
+        metavar="LIST",
+        help="fgsm,pgd: adversarial "
+        "accuracy (slow: PGD runs --pgd-steps backward passes per batch)",
+    )
+    a.add_argument("--epsilons", default="0,0.01,0.02,0.05", help="L-inf radii in pixel units")
+    a.add_argument("--pgd-steps", type=int, default=10, help="PGD iterations (10)")
+    a.add_argument("--baseline", metavar="RUN_DIR", help="dense run to attack side by side")
+    a.add_argument(
+        "--sensitivity",
+        action="store_true",
+        help="prune one layer at a time and suggest per-layer budgets (recipe overrides)",
+    )
+    a.add_argument("--sens-structure", help="structure for the sensitivity scan")
+    a.add_argument("--max-batches", type=int, help="test batches for robustness/sensitivity")
+    a.add_argument("--no-progress", action="store_true", help="no progress bars")
+    a.set_defaults(func=_analyze)
 
     ls = sub.add_parser(
         "list",

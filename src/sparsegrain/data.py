@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .datasets.cifar import read_cifar
 from .datasets.idx import read_idx_dataset
-from .datasets.imagefolder import ImageFolderLoader, scan_image_folder
+from .datasets.imagefolder import IMAGENET_NORMALIZE, ImageFolderLoader, scan_image_folder
 from .datasets.loader import CropFlip, Normalize, TensorLoader, subset_indices
 from .datasets.synthetic import SYNTHETIC_NORMALIZE, make_synthetic
 from .errors import ConfigError
@@ -296,6 +296,16 @@ def _register(name: str, help: str, aliases: tuple[str, ...] = (), **info: Any) 
     DATASETS.register(name, DatasetInfo(name=name, **info), help=help, aliases=aliases)
 
 
+# Per-channel (mean, std) in pixel units of every dataset; the robustness attacks read them too.
+NORMALIZE = {
+    "fashion_mnist": Normalize(mean=(0.2860,), std=(0.3530,)),
+    "mnist": Normalize(mean=(0.1307,), std=(0.3081,)),
+    "cifar10": Normalize(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
+    "cifar100": Normalize(mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)),
+    "synthetic": SYNTHETIC_NORMALIZE,
+    "imagefolder": IMAGENET_NORMALIZE,
+}
+
 _FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
 _MNIST_ROOT = "/usr/share/datasets/mnist"
 _register(
@@ -304,7 +314,7 @@ _register(
     aliases=("fashion-mnist", "fmnist"),
     build=_idx_builder(
         "fashion_mnist",
-        Normalize(mean=(0.2860,), std=(0.3530,)),
+        NORMALIZE["fashion_mnist"],
         CropFlip(pad=2, flip=True),
         FASHION_MNIST_CLASSES,
     ),
@@ -315,7 +325,7 @@ _register(
     "MNIST IDX files, 28x28 grey digits, 10 classes (default root " + _MNIST_ROOT + ")",
     build=_idx_builder(
         "mnist",
-        Normalize(mean=(0.1307,), std=(0.3081,)),
+        NORMALIZE["mnist"],
         CropFlip(pad=2, flip=False),
         tuple(str(d) for d in range(10)),
     ),
@@ -328,7 +338,7 @@ _register(
     build=_cifar_builder(
         "cifar10",
         10,
-        Normalize(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
+        NORMALIZE["cifar10"],
         CIFAR10_CLASSES,
     ),
 )
@@ -339,7 +349,7 @@ _register(
     build=_cifar_builder(
         "cifar100",
         100,
-        Normalize(mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)),
+        NORMALIZE["cifar100"],
         None,
     ),
 )

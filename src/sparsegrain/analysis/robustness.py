@@ -43,10 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data import DATASETS
-from ..datasets.imagefolder import IMAGENET_NORMALIZE
+from ..data import DATASETS, NORMALIZE
 from ..datasets.loader import seeded_generator
-from ..datasets.synthetic import SYNTHETIC_NORMALIZE
 from ..errors import ConfigError, unknown_name
 from ..summary import format_table
 
@@ -55,25 +53,17 @@ ATTACKS = ("fgsm", "pgd")
 # Per-channel pixel mean and std of the built-in datasets. The loaders pass these to
 # ``Normalize`` inline in ``sparsegrain.data`` (its ``_register`` calls); a test checks that the
 # two stay equal. Synthetic and image-folder data use importable constants.
-_NORMS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "fashion_mnist": ((0.2860,), (0.3530,)),
-    "mnist": ((0.1307,), (0.3081,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "synthetic": (SYNTHETIC_NORMALIZE.mean, SYNTHETIC_NORMALIZE.std),
-    "imagefolder": (IMAGENET_NORMALIZE.mean, IMAGENET_NORMALIZE.std),
-}
 
 
 def dataset_norm(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """``(mean, std)`` per channel, in pixel units, that the loaders of dataset ``name`` use."""
     key = DATASETS.canonical(name)  # aliases; unknown names fail with the choices
-    if key not in _NORMS:
+    if key not in NORMALIZE:
         raise ConfigError(
             f"no normalization constants known for dataset '{key}'; pass mean= and std= "
             f"explicitly, or use loader_norm(loader)"
         )
-    return _NORMS[key]
+    return tuple(NORMALIZE[key].mean), tuple(NORMALIZE[key].std)
 
 
 def loader_norm(loader) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -1,0 +1,231 @@
+"""``sparsegrain analyze``: what a sparse model is worth, from its weights and structure names.
+
+Reads a run directory (``recipe.yaml``, ``model.safetensors``, the structure of each layer from
+``summary.json``) or a weights file, never the method that made the zeros, and returns one
+JSON-able record: accuracy, storage per encoding, FLOPs, SCNN-like memory references (our
+reconstruction) and, when asked, adversarial robustness and per-layer sensitivity.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..checkpoint import atomic_write_text, load_tensors
+from ..data import build_data
+from ..errors import ConfigError
+from ..masking import candidate_layers
+from ..recipe import Recipe, load_recipe
+from ..runfiles import WEIGHTS, load_model_state, read_run_recipe
+from ..train import build_model, evaluate
+from .accelerator import MODEL_NOTE, SCNNConfig, format_refs, model_refs
+from .flops import format_flops, model_flops, profile
+from .storage import BitWidths, format_storage, model_storage
+
+
+@dataclass
+class AnalyzeOptions:
+    value_bits: int = 32
+    index_bits: int = 4
+    attacks: list[str] = field(default_factory=list)  # fgsm, pgd; empty: no robustness
+    epsilons: list[float] = field(default_factory=lambda: [0.0, 0.01, 0.02, 0.05])
+    pgd_steps: int = 10
+    sensitivity: bool = False
+    sens_structure: str | None = None  # default: each layer's own structure, else fine
+    sens_sparsities: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 0.9])
+    max_batches: int | None = None  # limit test batches for robustness / sensitivity
+    progress: bool = True
+
+
+@dataclass
+class Subject:
+    """What is analyzed: a model with its weights, the recipe it came from, layer structures."""
+
+    name: str
+    recipe: Recipe
+    model: nn.Module
+    structures: dict[str, str | None]
+
+
+def load_subject(
+    run: str | None = None,
+    weights: str | None = None,
+    recipe: str | None = None,
+    structure: str = "fine",
+) -> Subject:
+    """A run directory, or a weights file plus a recipe (default: the model its metadata names
+    on Fashion-MNIST). Without a run's summary every layer's structure is ``structure``."""
+    if (run is None) == (weights is None):
+        raise ConfigError("analyze: give either --run DIR or --weights FILE")
+    if run is not None:
+        rec = read_run_recipe(Path(run))
+        path = Path(run) / WEIGHTS
+    else:
+        path = Path(weights)
+        tensors, meta = load_tensors(path, "weights")
+        if recipe is not None:
+            rec = load_recipe(recipe)
+        elif "model" in meta:
+            rec = load_recipe({"model": meta["model"]})
+        else:
+            raise ConfigError(f"{path}: no model in its metadata; give --recipe FILE")
+    data = build_data(rec.data, seed=rec.train.seed)
+    model = build_model(rec, data.num_classes, data.in_channels)
+    tensors, _ = load_tensors(path, "weights")
+    load_model_state(model, tensors, str(path))
+    model.eval()
+    summary = Path(run) / "summary.json" if run is not None else None
+    if summary is not None and summary.is_file():
+        rows = json.loads(summary.read_text())["layers"]
+        structures = {
+            r["name"]: (None if r["structure"] == "dense" else r["structure"]) for r in rows
+        }
+    else:
+        structures = {
+            n: (structure if bool((m.weight == 0).any()) else None)
+            for n, m in candidate_layers(model)
+        }
+    return Subject(str(run or weights), rec, model, structures)
+
+
+def analyze(
+    subject: Subject, opts: AnalyzeOptions, baseline: Subject | None = None, log=print
+) -> tuple[dict[str, Any], str]:
+    """The analysis record of one model (and its dense baseline's robustness), and its tables."""
+    model, rec = subject.model, subject.recipe
+    data = build_data(rec.data, seed=rec.train.seed)
+    weights = {n: m.weight.detach() for n, m in candidate_layers(model)}
+    layers = [(n, w, subject.structures.get(n)) for n, w in weights.items()]
+    storage = model_storage(layers, BitWidths(value=opts.value_bits, index=opts.index_bits))
+    example = next(iter(data.test))[0][:64]
+    geoms = profile(model, example)
+    flop = model_flops(geoms, weights)
+    refs = model_refs(geoms, weights, subject.structures, cfg=SCNNConfig())
+    log("evaluating accuracy ...")
+    acc = evaluate(model, data.test)
+    out: dict[str, Any] = {
+        "subject": subject.name,
+        "model": rec.model.name,
+        "dataset": rec.data.name,
+        "accuracy": {"top1": acc["top1"], "top5": acc["top5"]},
+        "structures": subject.structures,
+        "storage": _jsonable(storage),
+        "flops": _jsonable(flop),
+        "accelerator": _jsonable(refs),
+        "accelerator_note": MODEL_NOTE,
+    }
+    if opts.attacks:
+        out["robustness"] = {"model": _robustness(model, data, opts)}
+        if baseline is not None:
+            bdata = build_data(baseline.recipe.data, seed=baseline.recipe.train.seed)
+            out["robustness"]["baseline"] = _robustness(baseline.model, bdata, opts)
+            out["baseline"] = baseline.name
+    text = [
+        f"{subject.name}: top-1 {acc['top1']:.2f}%  top-5 {acc['top5']:.2f}%",
+        "",
+        "storage",
+        format_storage(storage),
+        "",
+        "compute",
+        format_flops(flop),
+        "",
+        "accelerator",
+        format_refs(refs),
+    ]
+    if opts.attacks:
+        from .robustness import robustness_table
+
+        rob = out["robustness"]
+        table = {"model": _float_keys(rob["model"])}
+        if "baseline" in rob:
+            table = {"baseline": _float_keys(rob["baseline"]), **table}
+        text += ["", "robustness (top-1 %, L-inf epsilon in pixel units)", robustness_table(table)]
+    if opts.sensitivity:
+        out["sensitivity"] = _sensitivity(subject, data, opts)
+        text += [
+            "",
+            "suggested sparsity.overrides (sensitivity, 1 point tolerance):",
+            json.dumps(out["sensitivity"]["suggested_overrides"], indent=2),
+        ]
+    return out, "\n".join(text)
+
+
+def _float_keys(d: dict[str, dict[str, float]]) -> dict[str, dict[float, float]]:
+    return {a: {float(e): v for e, v in r.items()} for a, r in d.items()}
+
+
+def _robustness(model, data, opts: AnalyzeOptions) -> dict[str, dict[str, float]]:
+    from .robustness import attack_accuracy
+
+    return {
+        attack: {
+            str(eps): top1
+            for eps, top1 in attack_accuracy(
+                model,
+                data.test,
+                attack=attack,
+                epsilons=opts.epsilons,
+                steps=opts.pgd_steps,
+                max_batches=opts.max_batches,
+                progress=opts.progress,
+            ).items()
+        }
+        for attack in opts.attacks
+    }
+
+
+def _sensitivity(subject: Subject, data, opts: AnalyzeOptions) -> dict[str, Any]:
+    from .sensitivity import layer_sensitivity, suggest_budgets
+
+    scans = {}
+    names = [n for n, st in subject.structures.items() if st is not None] or None
+    structure = opts.sens_structure or _common_structure(subject.structures)
+    sens = layer_sensitivity(
+        subject.model,
+        data.test,
+        names,
+        structure,
+        opts.sens_sparsities,
+        max_batches=opts.max_batches,
+        progress=opts.progress,
+    )
+    for name, curve in sens.items():
+        scans[name] = {str(s): a for s, a in curve.items()}
+    target = subject.recipe.sparsity.target
+    params = {n: m.weight.numel() for n, m in candidate_layers(subject.model)}
+    # the curves' own baseline: the same (possibly --max-batches limited) test batches
+    base = sens.baseline
+    overrides = suggest_budgets(sens, base, target, tolerance=1.0, params=params) if target else {}
+    return {
+        "structure": structure,
+        "baseline_top1": base,
+        "curves": scans,
+        "skipped": dict(sens.skipped),
+        "suggested_overrides": overrides,
+    }
+
+
+def _common_structure(structures: dict[str, str | None]) -> str:
+    specs = [s for s in structures.values() if s is not None]
+    return max(set(specs), key=specs.count) if specs else "fine"
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, torch.Tensor):
+        return x.tolist()
+    if hasattr(x, "__dataclass_fields__"):
+        return {k: _jsonable(getattr(x, k)) for k in x.__dataclass_fields__}
+    return x
+
+
+def write(result: dict[str, Any], path: Path) -> None:
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")

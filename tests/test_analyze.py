@@ -1,0 +1,117 @@
+import json
+
+import pytest
+import yaml
+from conftest import train_cli
+
+from sparsegrain import cli
+from sparsegrain.analysis.storage import BitWidths, layer_storage
+from sparsegrain.checkpoint import load_tensors
+
+RECIPE = {
+    "model": {"name": "resnet_tiny"},
+    "data": {
+        "name": "synthetic",
+        "batch_size": 64,
+        "test_batch_size": 64,
+        "synthetic_train": 128,
+        "synthetic_test": 64,
+        "image_size": 12,
+    },
+    "train": {"epochs": 1, "lr": 0.05, "progress": False, "seed": 0, "threads": 1},
+    "sparsity": {
+        "method": "campfire",
+        "structure": "kernel",
+        "target": 0.5,
+        "start": 0,
+        "end": 0.5,
+        "frequency": 1,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("analyze")
+    path = root / "recipe.yaml"
+    path.write_text(yaml.safe_dump(RECIPE))
+    assert train_cli("--recipe", path, "--out", root / "sparse") == 0
+    assert (
+        train_cli("--recipe", path, "--out", root / "dense", "--set", "sparsity.method=dense") == 0
+    )
+    return root
+
+
+def test_analyze_run_writes_every_part(runs, capsys):
+    args = [
+        "analyze",
+        "--run",
+        str(runs / "sparse"),
+        "--attacks",
+        "fgsm,pgd",
+        "--epsilons",
+        "0,0.1",
+        "--pgd-steps",
+        "2",
+        "--baseline",
+        str(runs / "dense"),
+        "--sensitivity",
+        "--max-batches",
+        "1",
+        "--no-progress",
+    ]
+    assert cli.main(args) == 0
+    text = capsys.readouterr().out
+    assert "OUR RECONSTRUCTION" in text and "storage" in text
+    result = json.loads((runs / "sparse" / "analysis.json").read_text())
+    summary = json.loads((runs / "sparse" / "summary.json").read_text())
+    assert result["accuracy"]["top1"] == pytest.approx(summary["top1"])
+    # structures come from the run's summary: pruned layers "kernel", the rest dense (None)
+    assert result["structures"] == {
+        r["name"]: (None if r["structure"] == "dense" else "kernel") for r in summary["layers"]
+    }
+    # per-layer storage equals the storage module on the saved weights
+    weights, _ = load_tensors(runs / "sparse" / "model.safetensors")
+    row = next(r for r in result["storage"]["layers"] if r["name"] == "layer1.0.conv1")
+    direct = layer_storage(weights["layer1.0.conv1.weight"], "kernel", BitWidths())
+    assert row["best"] == direct["best"] and row[row["best"]] == direct[direct["best"]]
+    assert result["flops"]["total"]["effective"] < result["flops"]["total"]["dense"]
+    rob = result["robustness"]
+    assert set(rob) == {"model", "baseline"} and set(rob["model"]) == {"fgsm", "pgd"}
+    assert rob["model"]["fgsm"]["0.0"] == rob["model"]["pgd"]["0.0"]
+    assert set(result["sensitivity"]["curves"]) == {
+        r["name"] for r in summary["layers"] if r["structure"] != "dense"
+    }
+
+
+def test_analyze_weights_file_with_a_recipe(runs, tmp_path):
+    out = tmp_path / "a.json"
+    assert (
+        cli.main(
+            [
+                "analyze",
+                "--weights",
+                str(runs / "sparse" / "model.safetensors"),
+                "--recipe",
+                str(runs / "recipe.yaml"),
+                "--structure",
+                "kernel",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    result = json.loads(out.read_text())
+    assert result["model"] == "resnet_tiny"
+    # without a summary, every layer holding zeros is taken to have --structure
+    assert result["structures"]["layer1.0.conv1"] == "kernel"
+    assert result["structures"]["conv1"] is None
+
+
+def test_analyze_bad_input(runs, capsys):
+    assert cli.main(["analyze", "--run", str(runs / "sparse"), "--attacks", "cw"]) == 2
+    assert "unknown attack 'cw'" in capsys.readouterr().err
+    assert cli.main(["analyze", "--run", str(runs / "sparse"), "--epsilons", "a,b"]) == 2
+    assert "--epsilons: expected comma-separated numbers" in capsys.readouterr().err
