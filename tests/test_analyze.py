@@ -115,3 +115,79 @@ def test_analyze_bad_input(runs, capsys):
     assert "unknown attack 'cw'" in capsys.readouterr().err
     assert cli.main(["analyze", "--run", str(runs / "sparse"), "--epsilons", "a,b"]) == 2
     assert "--epsilons: expected comma-separated numbers" in capsys.readouterr().err
+
+
+def test_report_draws_every_plot(runs, tmp_path):
+    from sparsegrain.report import write_report
+
+    assert cli.main(["analyze", "--run", str(runs / "sparse"), "--no-progress"]) == 0
+    md = write_report([str(runs / "sparse"), str(runs / "dense")], tmp_path / "rep")
+    text = md.read_text()
+    for png in (
+        "accuracy_vs_sparsity.png",
+        "compression.png",
+        "memory_refs.png",
+        "layers_sparse.png",
+        "layers_dense.png",
+        "masks_sparse.png",
+    ):
+        assert f"({png})" in text
+        assert (tmp_path / "rep" / png).read_bytes()[:4] == b"\x89PNG"
+    assert "| sparse | campfire | kernel | 0.50 |" in text
+
+
+def test_mask_picture_layout():
+    import torch
+
+    from sparsegrain.report import mask_picture
+
+    mask = torch.zeros(2, 2, 2, 2, dtype=torch.bool)
+    mask[0, 1] = True
+    mask[1, 0, 0, 0] = True
+    img = mask_picture(mask)
+    h = 0.5
+    assert img.tolist() == [
+        [0, 0, h, 1, 1],
+        [0, 0, h, 1, 1],
+        [h, h, h, h, h],
+        [1, 0, h, 0, 0],
+        [0, 0, h, 0, 0],
+    ]
+
+
+def test_sweep_grid_points_and_a_tiny_sweep(runs, tmp_path, capsys):
+    from sparsegrain.sweep import grid_points
+
+    pts = grid_points(["dense", "campfire"], ["fine", "nm:2:4"], [0.5])
+    assert [n for n, _ in pts] == ["dense", "campfire-fine-0.5", "campfire-nm_2_4-0.5"]
+    assert pts[2][1] == [
+        "sparsity.method=campfire",
+        "sparsity.structure=nm:2:4",
+        "sparsity.target=0.5",
+    ]
+    out = tmp_path / "sw"
+    assert (
+        cli.main(
+            [
+                "sweep",
+                "--recipe",
+                str(runs / "recipe.yaml"),
+                "--out",
+                str(out),
+                "--methods",
+                "campfire",
+                "--structures",
+                "fine,filter",
+                "--targets",
+                "0.5",
+                "--jobs",
+                "2",
+            ]
+        )
+        == 0
+    )
+    table = capsys.readouterr().out
+    assert "campfire-fine-0.5" in table and "campfire-filter-0.5" in table
+    results = json.loads((out / "sweep.json").read_text())
+    assert [results[k]["structure"] for k in results] == ["fine", "filter"]
+    assert all(r["sparsity"] == 0.5 for r in results.values())

@@ -92,6 +92,31 @@ def _analyze(args) -> int:
     return 0
 
 
+def _sweep(args) -> int:
+    from .sweep import grid_points, sweep, sweep_table
+
+    def names(text: str) -> list[str]:
+        return [x.strip() for x in text.split(",") if x.strip()]
+
+    points = grid_points(
+        names(args.methods), names(args.structures), _floats("--targets", args.targets)
+    )
+    points = [(n, sets + args.set) for n, sets in points]
+    results = sweep(Path(args.recipe), Path(args.out), points, jobs=args.jobs)
+    table = sweep_table(results)
+    (Path(args.out) / "sweep.md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
+def _report(args) -> int:
+    from .report import write_report
+
+    path = write_report(args.runs, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
 def _floats(flag: str, text: str) -> list[float]:
     try:
         values = [float(x) for x in text.split(",") if x.strip()]
@@ -237,6 +262,39 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--max-batches", type=int, help="test batches for robustness/sensitivity")
     a.add_argument("--no-progress", action="store_true", help="no progress bars")
     a.set_defaults(func=_analyze)
+
+    sw = sub.add_parser(
+        "sweep",
+        help="train a grid of methods x structures x sparsities",
+        description="Train one recipe over methods x structures x targets, one "
+        "run directory per point, and print one table (also OUT/sweep.md and "
+        "OUT/sweep.json). Finished points are reused, interrupted ones resumed.",
+    )
+    sw.add_argument("--recipe", metavar="FILE", required=True, help="base recipe")
+    sw.add_argument("--out", metavar="DIR", required=True, help="directory of the runs")
+    sw.add_argument("--methods", default="campfire", help="comma list (dense adds a baseline)")
+    sw.add_argument("--structures", default="fine", help="comma list, e.g. fine,window,nm:2:4")
+    sw.add_argument("--targets", default="0.5,0.7,0.9", help="comma list of sparsities")
+    sw.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override for every point (repeatable)",
+    )
+    sw.add_argument("--jobs", type=int, default=1, help="points trained at once")
+    sw.set_defaults(func=_sweep)
+
+    rp = sub.add_parser(
+        "report",
+        help="PNG plots and a Markdown report over runs",
+        description="Plots (accuracy vs sparsity per structure, compression "
+        "ratio and memory references when analysis.json exists, per-layer "
+        "sparsity, mask pictures) and report.md linking them.",
+    )
+    rp.add_argument("runs", nargs="+", metavar="DIR", help="run directories")
+    rp.add_argument("--out", metavar="DIR", default="report", help="output directory (report)")
+    rp.set_defaults(func=_report)
 
     ls = sub.add_parser(
         "list",
