@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 R=recipes/resnet20_fmnist_campfire_window_70.yaml
 D=recipes/resnet20_fmnist_dense.yaml
-G=(.venv/bin/python bench/grid.py --quick --jobs "${JOBS:-1}" --results bench/results/campfire_study.json)
+G=(.venv/bin/python bench/grid.py --quick --jobs 1 --threads "${THREADS:-2}" --results bench/results/campfire_study.json)
 "${G[@]}" "$D"
 # pruning duration: ramp from epoch 0.4 to 1.2 (short), 2.4 (default, scaled), 3.6 (long)
 "${G[@]}" --tag _end1.2 --set sparsity.end=1.2 "$R"
