@@ -16,7 +16,7 @@ for st in fine vector kernel filter kernel-quota; do
   "${G[@]}" --tag "_$st" --set "sparsity.structure=$st" "$R"
 done
 Q=runs/grid/quick
-for run in "$Q"/resnet20_fmnist_campfire_window_70 "$Q"/resnet20_fmnist_campfire_window_70_*; do
+for run in "$Q"/resnet20_fmnist_dense "$Q"/resnet20_fmnist_campfire_window_70 "$Q"/resnet20_fmnist_campfire_window_70_*; do
   [ -f "$run/analysis.json" ] || .venv/bin/sparsegrain analyze --run "$run" --no-progress >/dev/null
 done
 .venv/bin/sparsegrain analyze --run "$Q/resnet20_fmnist_campfire_window_70" \
