@@ -9,6 +9,7 @@ from torch import nn
 
 from . import masking
 from .config import SparsityConfig
+from .dist import DistInfo, check_masks
 from .errors import ConfigError
 from .masking import Layer
 from .structures import global_sparsities, verify
@@ -40,6 +41,9 @@ class Sparsifier:
         self.epochs = epochs
         self.steps = 0
         self.finalized = False
+        self.dist = DistInfo()  # set by the trainer under torchrun: masks are checked across ranks
+        self.mask_version = 0  # bumped by every mask recomputation
+        self._checked_version = 0
         self.layers: list[Layer] = masking.select_layers(model, cfg)
         self.method = METHODS.get(cfg.method)(self, cfg.params)
         self.method.attach()
@@ -65,6 +69,13 @@ class Sparsifier:
             raise RuntimeError("step() after finalize()")
         self.steps += 1
         self.method.on_step()
+        if (
+            self.dist.enabled
+            and self.pruned
+            and (self.mask_version != self._checked_version or self.steps % self.cfg.frequency == 0)
+        ):
+            check_masks(self.masks(), self.dist, f"step {self.steps}")
+            self._checked_version = self.mask_version
 
     def finalize(self) -> nn.Module:
         """Bake zeros into plain weights and remove every parametrization."""
@@ -101,6 +112,7 @@ class Sparsifier:
     @torch.no_grad()
     def prune_to(self, target: dict[str, float]) -> None:
         """Recompute every pruned layer's mask from its current weights at the given sparsities."""
+        self.mask_version += 1
         sparsities = self.sparsities_at(target)
         for layer in self.pruned:
             w = layer.weight.detach()

@@ -35,7 +35,8 @@ WEIGHTS = "model.safetensors"
 MASKS = "masks.safetensors"
 
 
-def prepare_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+def prepare_out_dir(out: Path, *, resume: bool, overwrite: bool, write: bool = True) -> None:
+    """Check the output directory (every rank) and, where ``write``, create or clear it."""
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other; choose one")
     if out.exists() and not out.is_dir():
@@ -49,6 +50,8 @@ def prepare_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
             f"--out {out}: directory is not empty; give --resume to continue the "
             "run there or --overwrite to replace it"
         )
+    if not write:
+        return
     if overwrite and out.is_dir():
         for name in (CHECKPOINT, WEIGHTS, MASKS, "metrics.jsonl", "summary.json", "recipe.yaml"):
             (out / name).unlink(missing_ok=True)
@@ -138,6 +141,7 @@ def finish(
     history: list[dict],
     wall: float,
     violations: dict[str, list[str]],
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write final weights, masks and summary.json; return the summary."""
     rows = sp.report()
@@ -166,6 +170,7 @@ def finish(
         "violations": violations,
         "layers": rows,
         **sp.method.summary_extra(),
+        **(extra or {}),
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

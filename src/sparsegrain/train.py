@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,23 @@ from torch import nn
 from . import runfiles
 from .api import Sparsifier, sparsify_
 from .data import build_data
+from .dist import (
+    DistInfo,
+    all_sum,
+    barrier,
+    gather_ints,
+    init_from_env,
+    mask_checksum,
+    per_rank_batch,
+    weight_checksum,
+)
 from .errors import ConfigError, TrainingError
 from .models import create_model
 from .recipe import Recipe
 from .schedules import lr_at
 from .summary import format_summary, overall_sparsity
+
+SINGLE = DistInfo()  # one process
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_bn_and_bias: bool) -> list[dict]:
@@ -75,8 +88,10 @@ def lr_for(recipe: Recipe, t: float, handle: Sparsifier | None = None) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, channels_last: bool = False) -> dict[str, float]:
-    """Loss, top-1 and top-5 accuracy (percent) over a loader."""
+def evaluate(
+    model: nn.Module, loader, channels_last: bool = False, info: DistInfo = SINGLE
+) -> dict[str, float]:
+    """Loss, top-1 and top-5 accuracy (percent) over a loader (summed over ranks' shards)."""
     was_training = model.training
     model.eval()
     loss_sum, n, c1, c5 = 0.0, 0, 0, 0
@@ -91,6 +106,7 @@ def evaluate(model: nn.Module, loader, channels_last: bool = False) -> dict[str,
         c5 += int(hit.any(dim=1).sum())
         n += len(y)
     model.train(was_training)
+    loss_sum, n, c1, c5 = all_sum([loss_sum, n, c1, c5], info)
     return {
         "loss": loss_sum / max(n, 1),
         "top1": 100.0 * c1 / max(n, 1),
@@ -107,14 +123,23 @@ def _progress(loader, enabled: bool, desc: str):
 
 
 def train_epoch(
-    model, loader, optimizer, sp: Sparsifier, recipe: Recipe, epoch: int, criterion
+    model,
+    loader,
+    optimizer,
+    sp: Sparsifier,
+    recipe: Recipe,
+    epoch: int,
+    criterion,
+    info: DistInfo = SINGLE,
 ) -> dict[str, float]:
-    """One epoch; the LR is set before every step from the pure schedule."""
+    """One epoch; the LR is set before every step from the pure schedule. ``model`` is what the
+    forward pass goes through (the DistributedDataParallel wrapper under torchrun)."""
     tr = recipe.train
     model.train()
     loader.set_epoch(epoch)
     loss_sum, correct, seen = 0.0, 0, 0
-    bar = _progress(loader, tr.progress, f"epoch {epoch + 1}/{tr.epochs}")
+    show = tr.progress and info.main
+    bar = _progress(loader, show, f"epoch {epoch + 1}/{tr.epochs}")
     for x, y in bar:
         lr = lr_for(recipe, sp.epoch, sp)
         for g in optimizer.param_groups:
@@ -136,10 +161,11 @@ def train_epoch(
         loss_sum += loss.item() * len(y)
         correct += int((out.argmax(1) == y).sum())
         seen += len(y)
-        if tr.progress and sp.steps % 10 == 0:
+        if show and sp.steps % 10 == 0:
             bar.set_postfix(
                 loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}", lr=f"{lr:.3g}"
             )
+    loss_sum, correct, seen = all_sum([loss_sum, correct, seen], info)
     return {
         "lr": lr_for(recipe, sp.epoch, sp),
         "train_loss": loss_sum / max(seen, 1),
@@ -156,15 +182,27 @@ def run(
     init: str | None = None,
     log=print,
 ) -> dict[str, Any]:
-    """Train ``recipe`` into ``out_dir`` and return the summary (also written to summary.json)."""
+    """Train ``recipe`` into ``out_dir`` and return the summary (also written to summary.json).
+
+    Under torchrun (``WORLD_SIZE`` > 1) every process runs this: data is sharded, the model is
+    wrapped in DistributedDataParallel, ``data.batch_size`` is the global batch, metrics are
+    reduced over ranks, masks are checked identical across ranks, and rank 0 alone writes files.
+    """
     out = Path(out_dir)
-    runfiles.prepare_out_dir(out, resume=resume, overwrite=overwrite)
+    info = init_from_env()
+    if not info.main:
+        log = _quiet
+    runfiles.prepare_out_dir(out, resume=resume, overwrite=overwrite, write=info.main)
+    barrier(info)
     tr = recipe.train
     if tr.threads:
         torch.set_num_threads(tr.threads)
     torch.use_deterministic_algorithms(tr.deterministic)
     torch.manual_seed(tr.seed)
-    data = build_data(recipe.data, seed=tr.seed)
+    data_cfg = dataclasses.replace(
+        recipe.data, batch_size=per_rank_batch(recipe.data.batch_size, info.world_size)
+    )
+    data = build_data(data_cfg, seed=tr.seed, rank=info.rank, world_size=info.world_size)
     model = build_model(recipe, data.num_classes, data.in_channels)
     from .methods import METHODS
 
@@ -191,38 +229,65 @@ def run(
         optimizer=optimizer,
         epochs=tr.epochs,
     )
+    sp.dist = info
+    forward = _ddp(model, info)
     history: list[dict] = []
     start_epoch, wall = 0, 0.0
     if resume:
         start_epoch, history, wall = runfiles.load_checkpoint(out, model, optimizer, sp)
         log(f"resuming {out} at epoch {start_epoch + 1}/{tr.epochs}")
-    else:
+    elif info.main:
         runfiles.write_recipe(out, recipe)
     criterion = nn.CrossEntropyLoss(label_smoothing=tr.label_smoothing)
     for epoch in range(start_epoch, tr.epochs):
         t0 = time.perf_counter()
         row = {
             "epoch": epoch + 1,
-            **train_epoch(model, data.train, optimizer, sp, recipe, epoch, criterion),
+            **train_epoch(forward, data.train, optimizer, sp, recipe, epoch, criterion, info),
         }
         if (epoch + 1) % tr.eval_every == 0 or epoch + 1 == tr.epochs:
-            ev = evaluate(model, data.test, tr.channels_last)
+            ev = evaluate(model, data.test, tr.channels_last, info)
             row.update(test_loss=ev["loss"], test_top1=ev["top1"], test_top5=ev["top5"])
         row["sparsity"] = overall_sparsity(sp.report())
         row.update(sp.method.metrics())
         row["time"] = time.perf_counter() - t0
         wall += row["time"]
         history.append(row)
-        runfiles.save_checkpoint(out, model, optimizer, sp, epoch + 1, history, wall)
-        runfiles.write_metrics(out, history)
+        if info.main:
+            runfiles.save_checkpoint(out, model, optimizer, sp, epoch + 1, history, wall)
+            runfiles.write_metrics(out, history)
+        barrier(info)
         log(_epoch_line(row, tr.epochs))
     violations = sp.verify()
     sp.finalize()
-    final = evaluate(model, data.test, tr.channels_last)
-    summary = runfiles.finish(out, recipe, model, sp, final, history, wall, violations)
-    log("")
-    log(format_summary(summary))
+    final = evaluate(model, data.test, tr.channels_last, info)
+    ranks = {
+        "world_size": info.world_size,
+        "mask_checksums": gather_ints(mask_checksum(sp.masks()), info),
+        "weight_checksums": gather_ints(weight_checksum(model), info),
+    }
+    summary = {}
+    if info.main:
+        summary = runfiles.finish(
+            out, recipe, model, sp, final, history, wall, violations, extra={"ranks": ranks}
+        )
+        log("")
+        log(format_summary(summary))
+    barrier(info)
     return summary
+
+
+def _quiet(*args, **kwargs) -> None:
+    """Ranks other than 0 print nothing."""
+
+
+def _ddp(model: nn.Module, info: DistInfo) -> nn.Module:
+    """The model the forward pass goes through: DistributedDataParallel when distributed."""
+    if not info.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model)
 
 
 def _epoch_line(row: dict[str, Any], epochs: int) -> str:
