@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from .checkpoint import atomic_write_text
 from .errors import ConfigError, TrainingError
 
 EPILOG = "Recipes: see recipes/ and README.md. Every key can be changed with --set key.sub=value."
@@ -104,7 +105,7 @@ def _sweep(args) -> int:
     points = [(n, sets + args.set) for n, sets in points]
     results = sweep(Path(args.recipe), Path(args.out), points, jobs=args.jobs)
     table = sweep_table(results)
-    (Path(args.out) / "sweep.md").write_text(table + "\n")
+    atomic_write_text(Path(args.out) / "sweep.md", table + "\n")
     print(table)
     return 0
 

@@ -124,12 +124,33 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
 
 
 def load_init(model: nn.Module, source: str) -> None:
-    """Start from trained weights: a run directory or a ``.safetensors`` weights file."""
+    """Start from trained weights: a run directory, a ``.safetensors`` file, or a foreign
+    ``.pt``/``.pth`` state_dict read with ``torch.load(weights_only=True)`` (no code runs)."""
     path = Path(source)
     if path.is_dir():
         path = path / WEIGHTS
-    tensors, _ = load_tensors(path, "--init weights")
+    if path.suffix in (".pt", ".pth"):
+        tensors = _load_torch_weights(path)
+    else:
+        tensors, _ = load_tensors(path, "--init weights")
     load_model_state(model, tensors, str(path))
+
+
+def _load_torch_weights(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ConfigError(f"--init weights not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling refused or a corrupt archive
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"--init {path}: not a loadable weights-only state_dict ({reason})"
+        ) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"--init {path}: expected a state_dict of tensors")
+    return state
 
 
 def finish(

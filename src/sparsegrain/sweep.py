@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import atomic_write_text
 from .errors import ConfigError
 from .summary import format_table
 
@@ -95,7 +96,7 @@ def sweep(
             summary = future.result()
             results[futures[future]] = {k: v for k, v in summary.items() if k != "layers"}
     ordered = {name: results[name] for name, _ in points}
-    (out / "sweep.json").write_text(json.dumps(ordered, indent=2) + "\n")
+    atomic_write_text(out / "sweep.json", json.dumps(ordered, indent=2) + "\n")
     return ordered
 
 
