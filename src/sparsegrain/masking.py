@@ -160,7 +160,9 @@ class Mask(nn.Module):
         self.register_buffer("mask", torch.ones_like(weight), persistent=False)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return w * self.mask
+        # ``+ 0.0`` turns the -0.0 of pruned negative weights into +0.0 (IEEE: -0 + 0 = +0), so
+        # baked weights have one zero, which the compressed format stores bit-exactly.
+        return w * self.mask + 0.0
 
 
 def attach(layer: Layer, param: nn.Module | None = None) -> nn.Module:
@@ -188,7 +190,7 @@ def set_mask(layer: Layer, mask: torch.Tensor, optimizer: torch.optim.Optimizer 
         raise RuntimeError(f"layer '{layer.name}' has no mask attached")
     p.mask.copy_(mask)
     keep = p.mask
-    layer.param.mul_(keep)
+    layer.param.mul_(keep).add_(0.0)
     if optimizer is not None:
         clear_optimizer_state(optimizer, layer.param, keep)
 
