@@ -118,6 +118,13 @@ def _report(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from .export import export_run
+
+    export_run(args.run, args.out, compact=args.compact, fmt=args.format, bits=args.bits)
+    return 0
+
+
 def _floats(flag: str, text: str) -> list[float]:
     try:
         values = [float(x) for x in text.split(",") if x.strip()]
@@ -296,6 +303,30 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("runs", nargs="+", metavar="DIR", help="run directories")
     rp.add_argument("--out", metavar="DIR", default="report", help="output directory (report)")
     rp.set_defaults(func=_report)
+
+    ex = sub.add_parser(
+        "export",
+        help="write a run's model as safetensors, ONNX or the compressed format",
+        description="Export DIR/model.safetensors, optionally compacted (zeroed filters and "
+        "channels removed where exact), and check the written file against the masked "
+        "model's outputs on test images (max abs difference printed).",
+    )
+    ex.add_argument("--run", metavar="DIR", required=True, help="run directory")
+    ex.add_argument("--out", metavar="PATH", required=True, help="file to write")
+    ex.add_argument("--compact", action="store_true", help="remove zeroed filters/channels first")
+    ex.add_argument(
+        "--format",
+        default="safetensors",
+        choices=["safetensors", "onnx", "compressed"],
+        help="safetensors (default), onnx (needs the onnx extra) or compressed",
+    )
+    ex.add_argument(
+        "--bits",
+        type=int,
+        choices=[32, 16],
+        help="with --format compressed: bits per stored value (32 exact, 16 float16 lossy)",
+    )
+    ex.set_defaults(func=_export)
 
     ls = sub.add_parser(
         "list",
