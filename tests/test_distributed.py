@@ -15,26 +15,62 @@ from sparsegrain.checkpoint import load_tensors
 
 RECIPE = {
     "model": {"name": "mlp_tiny", "input_size": 8},  # no BatchNorm: ranks see the same model
-    "data": {"name": "synthetic", "batch_size": 32, "test_batch_size": 64,
-             "synthetic_train": 256, "synthetic_test": 64, "image_size": 8, "augment": False},
-    "train": {"epochs": 2, "lr": 0.05, "progress": False, "seed": 0, "threads": 1,
-              "channels_last": False},
+    "data": {
+        "name": "synthetic",
+        "batch_size": 32,
+        "test_batch_size": 64,
+        "synthetic_train": 256,
+        "synthetic_test": 64,
+        "image_size": 8,
+        "augment": False,
+    },
+    "train": {
+        "epochs": 2,
+        "lr": 0.05,
+        "progress": False,
+        "seed": 0,
+        "threads": 1,
+        "channels_last": False,
+    },
 }
 METHODS = {
-    "campfire": {"method": "campfire", "structure": "fine", "target": 0.6, "start": 0.25,
-                 "end": 1.5, "frequency": 2, "exclude": []},
-    "feather": {"method": "feather", "structure": "fine", "target": 0.6, "end": 1.0,
-                "exclude": []},
+    "campfire": {
+        "method": "campfire",
+        "structure": "fine",
+        "target": 0.6,
+        "start": 0.25,
+        "end": 1.5,
+        "frequency": 2,
+        "exclude": [],
+    },
+    "feather": {"method": "feather", "structure": "fine", "target": 0.6, "end": 1.0, "exclude": []},
     "oneshot": {"method": "oneshot", "structure": "fine", "target": 0.6, "exclude": []},
-    "admm": {"method": "admm", "structure": "fine", "target": 0.6, "exclude": [],
-             "admm_epochs": 1, "admm_periods": 1, "rho": 0.01},
+    "admm": {
+        "method": "admm",
+        "structure": "fine",
+        "target": 0.6,
+        "exclude": [],
+        "admm_epochs": 1,
+        "admm_periods": 1,
+        "rho": 0.01,
+    },
 }
 
 
 def torchrun(*args) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", "-m", "sparsegrain", "train", *map(str, args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "sparsegrain",
+        "train",
+        *map(str, args),
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
 
 
@@ -66,8 +102,10 @@ def test_two_processes_agree_with_each_other_and_with_one(dense, method):
     assert two.keys() == one.keys() and two
     for name in one:
         assert torch.equal(one[name], two[name]), name
-    assert summary["sparsity"] == json.loads(
-        (root / f"{method}-1" / "summary.json").read_text())["sparsity"]
+    assert (
+        summary["sparsity"]
+        == json.loads((root / f"{method}-1" / "summary.json").read_text())["sparsity"]
+    )
 
 
 def test_resume_with_another_world_size(dense):

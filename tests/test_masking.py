@@ -168,3 +168,14 @@ def test_recipe_sources_agree(tmp_path):
     assert a.cfg == b.cfg == c.cfg
     with pytest.raises(ConfigError, match="steps_per_epoch"):
         sparsegrain.sparsify_(net(), c.cfg, steps_per_epoch=0)
+
+
+def test_baked_zeros_are_positive():
+    model = net()
+    sp = sparsegrain.sparsify_(model, campfire(start=0, end=0), steps_per_epoch=1)
+    sp.step()
+    sp.finalize()
+    w = model[2].weight.detach()
+    zeros = w == 0
+    assert zeros.any()
+    assert not torch.signbit(w[zeros]).any()

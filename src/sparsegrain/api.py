@@ -215,4 +215,5 @@ def finalize_(model: nn.Module) -> nn.Module:
     for module in model.modules():
         if parametrize.is_parametrized(module, "weight"):
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+            masking.positive_zeros_(module.weight)
     return model

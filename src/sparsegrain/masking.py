@@ -160,9 +160,7 @@ class Mask(nn.Module):
         self.register_buffer("mask", torch.ones_like(weight), persistent=False)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        # ``+ 0.0`` turns the -0.0 of pruned negative weights into +0.0 (IEEE: -0 + 0 = +0), so
-        # baked weights have one zero, which the compressed format stores bit-exactly.
-        return w * self.mask + 0.0
+        return w * self.mask
 
 
 def attach(layer: Layer, param: nn.Module | None = None) -> nn.Module:
@@ -207,3 +205,12 @@ def remove(layer: Layer) -> None:
     """Bake the parametrized weight into a plain Parameter and drop the parametrization."""
     if parametrize.is_parametrized(layer.module, "weight"):
         parametrize.remove_parametrizations(layer.module, "weight", leave_parametrized=True)
+        positive_zeros_(layer.module.weight)
+
+
+@torch.no_grad()
+def positive_zeros_(w: torch.Tensor) -> None:
+    """Turn the -0.0 that ``w * mask`` leaves for pruned negative weights into +0.0 (IEEE:
+    -0 + 0 = +0), so baked weights have one zero, which the compressed format stores exactly.
+    Done once when baking rather than in every forward pass."""
+    w.add_(0.0)
