@@ -151,7 +151,8 @@ def train_epoch(
         total = loss + sp.penalty()
         if not torch.isfinite(total):
             raise TrainingError(
-                f"non-finite loss ({total.detach().item()}) at epoch {epoch + 1}, step {sp.steps + 1}; "
+                f"non-finite loss ({total.detach().item()}) at epoch {epoch + 1}, "
+                f"step {sp.steps + 1}; "
                 "the last good checkpoint is kept (lower train.lr?)"
             )
         optimizer.zero_grad(set_to_none=True)
