@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import yaml
+
+from sparsegrain.sweep import run_point
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ["data.train_subset=20000", "train.epochs=4"]
@@ -42,32 +42,8 @@ def quick_sets(recipe: dict) -> list[str]:
 
 
 def run_one(recipe: Path, out: Path, sets: list[str], threads: int) -> dict:
-    summary = out / "summary.json"
-    if summary.is_file():
-        return json.loads(summary.read_text())
-    cmd = [
-        str(ROOT / ".venv/bin/sparsegrain"),
-        "train",
-        "--out",
-        str(out),
-        "--set",
-        "train.progress=false",
-        "--set",
-        f"train.threads={threads}",
-    ]
-    if (out / "checkpoint.safetensors").is_file():
-        cmd += ["--resume"]
-    else:
-        cmd += ["--recipe", str(recipe), "--overwrite"] + [x for s in sets for x in ("--set", s)]
-    t0 = time.time()
-    log = out.parent / f"{out.name}.log"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as f:
-        code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
-    if code != 0:
-        raise SystemExit(f"{recipe} failed (exit {code}); see {log}")
-    print(f"done {recipe.name} in {time.time() - t0:.0f} s", flush=True)
-    return json.loads(summary.read_text())
+    """Train one recipe (or reuse / resume it) in a subprocess: ``sparsegrain.sweep.run_point``."""
+    return run_point(recipe, out, sets, threads, lambda msg: print(msg, flush=True))
 
 
 def table(results: dict[str, dict]) -> str:

@@ -140,6 +140,18 @@ def conv_supported(conv: nn.Module) -> str | None:
     return None
 
 
+def im2col(x: Tensor, conv) -> tuple[Tensor, int, int, int]:
+    """``F.unfold`` of a (N, C, H, W) batch with ``conv``'s kernel_size/stride/padding/dilation:
+    columns (N, C*R*S, Ho*Wo) and N, Ho, Wo."""
+    n, _, h, w = x.shape
+    (kh, kw), (sh, sw) = conv.kernel_size, conv.stride
+    (ph, pw), (dh, dw) = conv.padding, conv.dilation
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    cols = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
+    return cols, n, ho, wo
+
+
 class SparseConv2d(_SparseMatmul):
     """``nn.Conv2d`` (groups=1, zero padding) by im2col and a sparse ``(K, C*R*S)`` weight."""
 
@@ -154,17 +166,7 @@ class SparseConv2d(_SparseMatmul):
 
     def forward(self, x: Tensor) -> Tensor:
         batched = x.dim() == 4
-        x = x if batched else x.unsqueeze(0)
-        n, _, h, w = x.shape
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.dilation,
-        )
-        ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-        cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)
+        cols, n, ho, wo = im2col(x if batched else x.unsqueeze(0), self)
         cols = cols.transpose(0, 1).reshape(cols.shape[1], n * ho * wo)  # (C*R*S, N*L)
         y = self._mm(cols).reshape(self.out_channels, n, ho, wo).transpose(0, 1).contiguous()
         return y if batched else y.squeeze(0)
@@ -409,17 +411,7 @@ class SemiStructuredConv2d(_SemiStructured):
 
     def forward(self, x: Tensor) -> Tensor:
         batched = x.dim() == 4
-        x = x if batched else x.unsqueeze(0)
-        n, _, h, w = x.shape
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.dilation,
-        )
-        ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-        cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)
+        cols, n, ho, wo = im2col(x if batched else x.unsqueeze(0), self)
         y = self._linear(cols.transpose(1, 2).reshape(n * ho * wo, self.in_dim))  # (N*L, K)
         y = y.reshape(n, ho * wo, self.out_dim).transpose(1, 2).reshape(n, -1, ho, wo)
         return y if batched else y.squeeze(0)
