@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import masking
+from . import bn_prune, masking
 from .config import SparsityConfig
 from .dist import DistInfo, check_masks
 from .errors import ConfigError
@@ -47,6 +47,8 @@ class Sparsifier:
         self.layers: list[Layer] = masking.select_layers(model, cfg)
         self.method = METHODS.get(cfg.method)(self, cfg.params)
         self.method.attach()
+        # After the method: it decides which layers are pruned (dense runs prune none).
+        self.bn_note = bn_prune.attach_norms(self.pruned, model, cfg.prune_bn, optimizer)
 
     # -- clock ---------------------------------------------------------------------------------
     @property
@@ -82,6 +84,7 @@ class Sparsifier:
         if not self.finalized:
             self.method.finalize()
             self._final_masks = self.masks()
+            self._final_bn_masks = self.bn_masks()
             for layer in self.layers:
                 masking.remove(layer)
             self.finalized = True
@@ -98,6 +101,21 @@ class Sparsifier:
             mask = getattr(p, "mask", None)
             out[layer.name] = (mask != 0) if mask is not None else (layer.weight.detach() != 0)
         return out
+
+    def bn_masks(self) -> dict[str, torch.Tensor]:
+        """Current ``(C,)`` bool masks of the BatchNorms masked with a pruned layer's filters
+        (``bn_prune``), by BatchNorm name (the last ones once finalized)."""
+        if self.finalized:
+            return dict(self._final_bn_masks)
+        return {l.norm.name: masking.norm_mask(l.norm) for l in self.pruned if l.norm is not None}
+
+    def drop_norms(self, note: str) -> None:
+        """Stop masking BatchNorms (their masks are all ones before training): resuming a
+        checkpoint written before they were masked, whose weights name them unmasked."""
+        for layer in self.pruned:
+            if layer.norm is not None:
+                masking.remove_norm(layer.norm)
+                layer.norm, layer.norm_note = None, note
 
     def sparsities_at(self, target: dict[str, float]) -> dict[str, float]:
         """Per-layer sparsities: as given (``scope: layer``) or from one global selection."""
@@ -135,25 +153,37 @@ class Sparsifier:
 
     # -- reporting and state -------------------------------------------------------------------
     def report(self) -> list[dict[str, Any]]:
-        """Per layer: name, shape, structure, target, achieved sparsity, note."""
+        """Per layer: name, shape, structure, target, achieved sparsity, note; and for a layer
+        whose BatchNorm is masked with it, ``bn`` (its name) and ``bn_masked`` (channels)."""
         rows = []
+        bn_masks = self.bn_masks()
         for layer in self.layers:
             w = layer.weight.detach()
-            rows.append(
-                {
-                    "name": layer.name,
-                    "shape": list(layer.shape),
-                    "structure": layer.structure.spec if layer.structure is not None else "dense",
-                    "target": layer.target if layer.structure is not None else 0.0,
-                    "achieved": float((w == 0).sum()) / w.numel(),
-                    "params": w.numel(),
-                    "note": layer.note,
-                }
-            )
+            row = {
+                "name": layer.name,
+                "shape": list(layer.shape),
+                "structure": layer.structure.spec if layer.structure is not None else "dense",
+                "target": layer.target if layer.structure is not None else 0.0,
+                "achieved": float((w == 0).sum()) / w.numel(),
+                "params": w.numel(),
+                "note": layer.note,
+            }
+            bn_note = layer.norm_note if layer.structure is not None else ""
+            if layer.norm is not None:
+                dropped = int((~bn_masks[layer.norm.name]).sum())
+                row.update(bn=layer.norm.name, bn_masked=dropped)
+                bn_note = f"bn masked: {dropped} channels" if dropped else ""
+            row["note"] = "; ".join(n for n in (layer.note, bn_note) if n)
+            rows.append(row)
         return rows
 
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "masks": self.masks(), "method": self.method.state_dict()}
+        return {
+            "steps": self.steps,
+            "masks": self.masks(),
+            "bn_masks": self.bn_masks(),
+            "method": self.method.state_dict(),
+        }
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -173,7 +203,31 @@ class Sparsifier:
                         f"  got      {list(masks[layer.name].shape)}"
                     )
                 p.mask.copy_(masks[layer.name])
+        self._load_bn_masks(state.get("bn_masks"))
         self.method.load_state_dict(state.get("method", {}))
+
+    def _load_bn_masks(self, saved: dict[str, torch.Tensor] | None) -> None:
+        """Restore the BatchNorm masks as saved; a state without them (written before BatchNorms
+        were masked) gets them from the layers' restored masks, which they follow."""
+        layers = [layer for layer in self.pruned if layer.norm is not None]
+        if saved is None:
+            saved = {
+                l.norm.name: masking.filters_kept(masking.parametrization(l).mask) for l in layers
+            }
+        names = {layer.norm.name for layer in layers}
+        if set(saved) != names:
+            raise ConfigError(
+                f"sparsity state masks BatchNorms {sorted(saved)}, this model masks {sorted(names)}"
+                " (sparsity.prune_bn or the model differs)"
+            )
+        for layer in layers:
+            keep, c = saved[layer.norm.name], layer.norm.module.num_features
+            if tuple(keep.shape) != (c,):
+                raise ConfigError(
+                    f"mask of BatchNorm '{layer.norm.name}':\n  expected [{c}]\n"
+                    f"  got      {list(keep.shape)}"
+                )
+            masking.restore_norm_mask(layer.norm, keep)
 
 
 def sparsify_(
@@ -209,11 +263,17 @@ def _sparsity_section(recipe: Any) -> SparsityConfig:
 
 
 def finalize_(model: nn.Module) -> nn.Module:
-    """Bake every weight parametrization of ``model`` into plain weights, without a handle."""
+    """Bake every weight parametrization of ``model``, and the masks on BatchNorm biases, into
+    plain tensors, without a handle."""
     from torch.nn.utils import parametrize
 
     for module in model.modules():
-        if parametrize.is_parametrized(module, "weight"):
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-            masking.positive_zeros_(module.weight)
+        if not parametrize.is_parametrized(module):
+            continue
+        for name, plist in list(module.parametrizations.items()):
+            # Every weight, as always; other tensors (a BatchNorm's bias) where sparsegrain
+            # masked them, leaving a user's own parametrizations of them alone.
+            if name == "weight" or isinstance(plist[0], masking.Mask):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+                masking.positive_zeros_(getattr(module, name))
     return model

@@ -231,6 +231,10 @@ class SparsityConfig:
     types: list[str] = field(default_factory=lambda: ["conv", "linear"])
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     fallback: str = "error"  # error | dense | a structure, for layers the structure does not fit
+    # Mask the BatchNorm channel (weight and bias) after every filter dropped whole, so that it
+    # outputs exactly 0 and compaction removes it (``bn_prune``). None: on for the layers whose
+    # structure's group is a whole filter (``filter``), off for the others.
+    prune_bn: bool | None = None
     params: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -278,6 +282,12 @@ class SparsityConfig:
                 raise ConfigError(
                     f"sparsity.fallback: must be 'error', 'dense' or a structure; {e}"
                 ) from None
+        if self.prune_bn and getattr(method, "regrows", False):
+            raise ConfigError(
+                f"sparsity.prune_bn: true is not allowed with method '{self.method}': its pruned "
+                "weights can come back (the mask is never fixed), so a BatchNorm channel cannot "
+                "be masked with its filter; leave prune_bn unset or false"
+            )
         if self.end is not None and self.end < self.start:
             raise ConfigError(f"sparsity.end: must be >= start ({self.start}), got {self.end}")
         if getattr(method, "needs_end", False) and self.end is None and self.target > 0:

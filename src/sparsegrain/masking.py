@@ -6,6 +6,11 @@ object (``parametrizations.weight.original``). When a mask changes, pruned entri
 weight and of the optimizer state are zeroed; from then on their gradient is zero (masked through
 the product), weight decay of a zero is zero and the cleared momentum stays zero, so a fixed mask is
 never regrown. ``remove`` bakes the result into a plain ``weight`` Parameter.
+
+A layer may carry a ``Norm``: the BatchNorm that reads its output directly (``bn_prune`` finds
+it). Its ``weight`` and ``bias`` get the same kind of mask, one entry per channel, and
+``set_mask`` keeps it in step with the layer's filters: channel ``k`` is dropped exactly when
+every weight of filter ``k`` is, with the same zeroing of parameters and optimizer state.
 """
 
 from __future__ import annotations
@@ -25,6 +30,17 @@ LAYER_TYPES = {"conv": (nn.Conv1d, nn.Conv2d), "linear": (nn.Linear,)}
 
 
 @dataclass
+class Norm:
+    """The BatchNorm that reads a pruned layer's output directly (found by ``bn_prune``)."""
+
+    name: str
+    module: nn.Module
+
+
+NORM_TENSORS = ("weight", "bias")  # gamma and beta: both zero makes BN's output exactly 0
+
+
+@dataclass
 class Layer:
     """One targeted layer: where it is, what structure and target it gets."""
 
@@ -36,6 +52,8 @@ class Layer:
     score: str
     note: str = ""  # why the layer got what it got (fallback, default exclusion, ...)
     extra: dict = field(default_factory=dict)
+    norm: Norm | None = None  # BatchNorm whose channels follow this layer's dropped filters
+    norm_note: str = ""  # why no BatchNorm is masked with this layer, where that needs saying
 
     @property
     def weight(self) -> torch.Tensor:
@@ -191,6 +209,54 @@ def set_mask(layer: Layer, mask: torch.Tensor, optimizer: torch.optim.Optimizer 
     layer.param.mul_(keep).add_(0.0)
     if optimizer is not None:
         clear_optimizer_state(optimizer, layer.param, keep)
+    if layer.norm is not None:
+        set_norm_mask(layer.norm, filters_kept(keep), optimizer)
+
+
+def filters_kept(mask: torch.Tensor) -> torch.Tensor:
+    """``(K,)`` bool: the filters (output channels, axis 0) with at least one kept weight."""
+    return (mask != 0).reshape(mask.shape[0], -1).any(dim=1)
+
+
+def attach_norm(norm: Norm) -> None:
+    """Attach an all-ones ``Mask`` to the BatchNorm's weight and bias."""
+    for t in NORM_TENSORS:
+        if parametrize.is_parametrized(norm.module, t):
+            raise ConfigError(f"BatchNorm '{norm.name}' already has a parametrized {t}")
+        parametrize.register_parametrization(norm.module, t, Mask(getattr(norm.module, t)))
+
+
+def norm_mask(norm: Norm) -> torch.Tensor:
+    """``(C,)`` bool: the BatchNorm channels kept now."""
+    return norm.module.parametrizations.weight[0].mask != 0
+
+
+@torch.no_grad()
+def set_norm_mask(norm: Norm, keep: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> None:
+    """Install ``keep`` (``(C,)`` bool) on the BatchNorm's weight and bias and zero what it drops
+    in both and in their optimizer state: the dropped channels' output is then exactly 0."""
+    for t in NORM_TENSORS:
+        plist = norm.module.parametrizations[t]
+        mask = plist[0].mask
+        mask.copy_(keep)
+        plist.original.mul_(mask).add_(0.0)
+        if optimizer is not None:
+            clear_optimizer_state(optimizer, plist.original, mask)
+
+
+@torch.no_grad()
+def restore_norm_mask(norm: Norm, keep: torch.Tensor) -> None:
+    """Put back a saved mask as is (resume: the parameters come from the same checkpoint)."""
+    for t in NORM_TENSORS:
+        norm.module.parametrizations[t][0].mask.copy_(keep)
+
+
+def remove_norm(norm: Norm) -> None:
+    """Bake the BatchNorm's masked weight and bias into plain Parameters."""
+    for t in NORM_TENSORS:
+        if parametrize.is_parametrized(norm.module, t):
+            parametrize.remove_parametrizations(norm.module, t, leave_parametrized=True)
+            positive_zeros_(getattr(norm.module, t))
 
 
 @torch.no_grad()
@@ -202,10 +268,13 @@ def clear_optimizer_state(optimizer, param: torch.Tensor, keep: torch.Tensor) ->
 
 
 def remove(layer: Layer) -> None:
-    """Bake the parametrized weight into a plain Parameter and drop the parametrization."""
+    """Bake the parametrized weight (and the BatchNorm's, where one is masked with the layer)
+    into plain Parameters and drop the parametrizations."""
     if parametrize.is_parametrized(layer.module, "weight"):
         parametrize.remove_parametrizations(layer.module, "weight", leave_parametrized=True)
         positive_zeros_(layer.module.weight)
+    if layer.norm is not None:
+        remove_norm(layer.norm)
 
 
 @torch.no_grad()

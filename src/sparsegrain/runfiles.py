@@ -99,6 +99,10 @@ def load_checkpoint(out: Path, model: nn.Module, optimizer, sp) -> tuple[int, li
     tensors, meta = load_tensors(out / CHECKPOINT, "checkpoint")
     if meta.get("format") != "sparsegrain-checkpoint":
         raise ConfigError(f"checkpoint {out / CHECKPOINT}: not a sparsegrain checkpoint")
+    if "bn_masks" not in meta["sparsity"]:
+        # Written before BatchNorms were masked with their filters: its weights name them
+        # unmasked, and the run goes on as it started.
+        sp.drop_norms("BN not masked: resumed from a checkpoint that did not mask BatchNorms")
     load_model_state(model, split_prefix(tensors, "model."), str(out / CHECKPOINT))
     sp.load_state_dict(unflatten_state(split_prefix(tensors, "sparsity."), meta["sparsity"]))
     optimizer.load_state_dict(optimizer_from_flat(split_prefix(tensors, "optim."), meta["optim"]))

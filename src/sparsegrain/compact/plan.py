@@ -178,7 +178,8 @@ def _notes(flow, plan: Plan, pins, keep, blocked) -> None:
             add(
                 name,
                 f"{n_blocked} output channel(s) kept: constant but non-zero (e.g. the BN shift "
-                "of a zeroed filter) and read through zero padding, where no bias is exact",
+                "of a zeroed filter) and read through zero padding, where no bias is exact "
+                "(training with sparsity.prune_bn makes such BN channels exactly 0)",
             )
     for name, node in flow.norms.items():
         if why := reasons(flow.find(node)):

@@ -25,6 +25,7 @@ class Method:
     needs_init = False  # starts from a trained model (--init)
     default_scope = "layer"  # sparsity.scope when the recipe gives none
     freezes_mask = False  # the mask freezes at sparsity.end (train.lr_at_freeze applies there)
+    regrows = False  # pruned weights can come back (so sparsity.prune_bn cannot be true)
 
     @dataclass
     class Params:

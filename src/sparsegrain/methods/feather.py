@@ -124,6 +124,7 @@ class Feather(Method):
 
     name = "feather"
     default_scope = "global"
+    regrows = True
 
     @dataclass
     class Params:
