@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import bn_prune, masking
+from . import bn_prune, couple, masking
 from .config import SparsityConfig
 from .dist import DistInfo, check_masks
 from .errors import ConfigError
@@ -45,8 +45,11 @@ class Sparsifier:
         self.mask_version = 0  # bumped by every mask recomputation
         self._checked_version = 0
         self.layers: list[Layer] = masking.select_layers(model, cfg)
+        # Before the method: it may prune at attach (oneshot), with the coupled sets.
+        self.couple_note = couple.assign(self.layers, model, cfg.couple)
         self.method = METHODS.get(cfg.method)(self, cfg.params)
         self.method.attach()
+        couple.release(self.layers)
         # After the method: it decides which layers are pruned (dense runs prune none).
         self.bn_note = bn_prune.attach_norms(self.pruned, model, cfg.prune_bn, optimizer)
 
@@ -129,13 +132,15 @@ class Sparsifier:
 
     @torch.no_grad()
     def prune_to(self, target: dict[str, float]) -> None:
-        """Recompute every pruned layer's mask from its current weights at the given sparsities."""
+        """Recompute every pruned layer's mask from its current weights at the given sparsities;
+        the layers of a coupled set (``sparsity.couple``) get one filter mask, chosen from all of
+        their weights (``couple.masks``)."""
         self.mask_version += 1
         sparsities = self.sparsities_at(target)
+        weights = {layer.name: layer.weight.detach() for layer in self.pruned}
+        masks = couple.masks(self.pruned, weights, sparsities)
         for layer in self.pruned:
-            w = layer.weight.detach()
-            mask = layer.structure.mask(w, sparsities[layer.name], score=layer.score)
-            masking.set_mask(layer, mask, self.optimizer)
+            masking.set_mask(layer, masks[layer.name], self.optimizer)
 
     def verify(self) -> dict[str, list[str]]:
         """Check every pruned layer's mask, and that its weight is zero where the mask drops,
@@ -153,8 +158,9 @@ class Sparsifier:
 
     # -- reporting and state -------------------------------------------------------------------
     def report(self) -> list[dict[str, Any]]:
-        """Per layer: name, shape, structure, target, achieved sparsity, note; and for a layer
-        whose BatchNorm is masked with it, ``bn`` (its name) and ``bn_masked`` (channels)."""
+        """Per layer: name, shape, structure, target, achieved sparsity, note; for a layer
+        whose BatchNorm is masked with it, ``bn`` (its name) and ``bn_masked`` (channels); for a
+        coupled layer, ``coupled`` (its set) and ``coupled with: ...`` in the note."""
         rows = []
         bn_masks = self.bn_masks()
         for layer in self.layers:
@@ -173,7 +179,10 @@ class Sparsifier:
                 dropped = int((~bn_masks[layer.norm.name]).sum())
                 row.update(bn=layer.norm.name, bn_masked=dropped)
                 bn_note = f"bn masked: {dropped} channels" if dropped else ""
-            row["note"] = "; ".join(n for n in (layer.note, bn_note) if n)
+            couple_note = couple.note(layer) if layer.structure is not None else ""
+            if layer.coupled:
+                row["coupled"] = list(layer.coupled)
+            row["note"] = "; ".join(n for n in (layer.note, bn_note, couple_note) if n)
             rows.append(row)
         return rows
 

@@ -235,6 +235,9 @@ class SparsityConfig:
     # outputs exactly 0 and compaction removes it (``bn_prune``). None: on for the layers whose
     # structure's group is a whole filter (``filter``), off for the others.
     prune_bn: bool | None = None
+    # Layers whose outputs are summed into one tensor (a ResNet's residual stream) share one
+    # filter mask, so compaction can remove the stream's channels (``couple``); filter only.
+    couple: bool = False
     params: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -287,6 +290,12 @@ class SparsityConfig:
                 f"sparsity.prune_bn: true is not allowed with method '{self.method}': its pruned "
                 "weights can come back (the mask is never fixed), so a BatchNorm channel cannot "
                 "be masked with its filter; leave prune_bn unset or false"
+            )
+        if self.couple and not getattr(method, "couples", True):
+            raise ConfigError(
+                f"sparsity.couple: true is not allowed with method '{self.method}': its masks do "
+                "not come from per-layer selection (couple shares one filter mask between the "
+                "layers summed into one tensor); leave couple false"
             )
         if self.end is not None and self.end < self.start:
             raise ConfigError(f"sparsity.end: must be >= start ({self.start}), got {self.end}")

@@ -54,6 +54,8 @@ class Layer:
     extra: dict = field(default_factory=dict)
     norm: Norm | None = None  # BatchNorm whose channels follow this layer's dropped filters
     norm_note: str = ""  # why no BatchNorm is masked with this layer, where that needs saying
+    coupled: tuple[str, ...] = ()  # the coupled set it shares one filter mask with (``couple``)
+    couple_note: str = ""  # why it is not coupled, where that needs saying
 
     @property
     def weight(self) -> torch.Tensor:

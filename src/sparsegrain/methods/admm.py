@@ -10,6 +10,9 @@ layer ``i`` that keep the layer's target share of groups of its structure. ADMM 
   norm (``structure.mask(.., score="l2")``; fixed, whatever ``sparsity.score`` says);
 - U-step: ``U_i = U_i + W_i - Z_i``.
 
+With ``sparsity.couple`` the layers of a coupled set (``couple``) are projected together, in the
+Z-steps and the hard prune: one filter mask for all of them (``Admm._project`` says how).
+
 ``Z`` starts at ``Pi_S(W)`` and ``U`` at zero, as in the authors' code (``admm_initialization``).
 After ``admm_periods`` periods, i.e. at epoch ``admm_epochs * admm_periods``, every pruned layer is
 hard-pruned to ``Pi_S(W)`` (the authors' ``hard_prune`` projects ``W`` itself), the optimizer's
@@ -40,7 +43,7 @@ from typing import Any
 
 import torch
 
-from .. import masking
+from .. import couple, masking
 from ..config import check_range
 from ..errors import ConfigError
 from ..structures import global_sparsities
@@ -109,11 +112,8 @@ class Admm(Method):
             )
         with torch.no_grad():
             weights = self._weights()
-            sparsities = self._sparsities(weights)
-            for layer in self.handle.pruned:
-                w = weights[layer.name]
-                self.Z[layer.name] = projection(w, layer, sparsities[layer.name])
-                self.U[layer.name] = torch.zeros_like(w)
+            self.Z = self._project(weights, self._sparsities(weights))
+            self.U = {name: torch.zeros_like(w) for name, w in weights.items()}
         if self.params.admm_periods == 0:
             self.hard_prune()
 
@@ -157,11 +157,11 @@ class Admm(Method):
         """One Z-step and U-step (eqs. 5-6), record the primal residual, then grow rho."""
         weights = self._weights()
         targets = {n: w + self.U[n] for n, w in weights.items()}
-        sparsities = self._sparsities(targets)
+        projected = self._project(targets, self._sparsities(targets))
         layers, num, den = {}, 0.0, 0.0
         for layer in self.handle.pruned:
             name, w = layer.name, weights[layer.name]
-            z = projection(targets[name], layer, sparsities[name])
+            z = projected[name]
             self.U[name] = self.U[name] + w - z
             self.Z[name] = z
             layers[name] = relative_residual(w, z)
@@ -185,15 +185,23 @@ class Admm(Method):
     def hard_prune(self) -> None:
         """Masks = ``Pi_S(W)``; pruned weights zeroed; the optimizer's state cleared entirely."""
         weights = self._weights()
-        sparsities = self._sparsities(weights)
+        masks = couple.masks(self.handle.pruned, weights, self._sparsities(weights), score=SCORE)
         for layer in self.handle.pruned:
-            w = weights[layer.name]
-            mask = layer.structure.mask(w, sparsities[layer.name], score=SCORE)
-            masking.set_mask(layer, mask, None)
+            masking.set_mask(layer, masks[layer.name], None)
         if self.handle.optimizer is not None:
             self.handle.optimizer.state.clear()
         self.hard_pruned = True
         self.Z, self.U = {}, {}
+
+    def _project(self, tensors, sparsities) -> dict[str, torch.Tensor]:
+        """``Pi_S`` of every pruned layer's tensor. A coupled set (``sparsity.couple``) keeps
+        the channels of largest summed size-normalised L2 scores (``couple.masks``) in all its
+        members: one filter mask, as the hard prune will give them. (The exact Euclidean
+        projection onto "the members share one filter set" would rank channels by the sum of
+        squared, unnormalised L2 norms; the shared rule is used so that the Z-step and the hard
+        prune agree with the other methods' choice of a coupled mask.)"""
+        masks = couple.masks(self.handle.pruned, tensors, sparsities, score=SCORE)
+        return {name: t * masks[name] for name, t in tensors.items()}
 
     def _weights(self) -> dict[str, torch.Tensor]:
         return {layer.name: layer.param.detach() for layer in self.handle.pruned}

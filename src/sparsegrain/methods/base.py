@@ -26,6 +26,7 @@ class Method:
     default_scope = "layer"  # sparsity.scope when the recipe gives none
     freezes_mask = False  # the mask freezes at sparsity.end (train.lr_at_freeze applies there)
     regrows = False  # pruned weights can come back (so sparsity.prune_bn cannot be true)
+    couples = True  # honours sparsity.couple (masks from ``handle.prune_to`` or ``couple.masks``)
 
     @dataclass
     class Params:

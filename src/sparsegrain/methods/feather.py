@@ -125,6 +125,7 @@ class Feather(Method):
     name = "feather"
     default_scope = "global"
     regrows = True
+    couples = False  # one threshold on |w| over all layers, never a filter mask
 
     @dataclass
     class Params:
