@@ -19,14 +19,18 @@ def row(run: Path) -> str:
     refs = a["accelerator"]["total"]
     index_refs = float(refs["index"])
     structure = "dense" if s["method"] == "dense" else s["structure"]
-    return (f"| {structure} | {s['sparsity']:.3f} | {s['top1']:.2f} | {st['best'] / 8192:.1f} | "
-            f"{st['ratio']:.2f}x | {st['bound'] / 8192:.1f} | {float(refs['total']):.3g} | "
-            f"{index_refs:.3g} | {float(refs['weight']):.3g} |")
+    return (
+        f"| {structure} | {s['sparsity']:.3f} | {s['top1']:.2f} | {st['best'] / 8192:.1f} | "
+        f"{st['ratio']:.2f}x | {st['bound'] / 8192:.1f} | {float(refs['total']):.3g} | "
+        f"{index_refs:.3g} | {float(refs['weight']):.3g} |"
+    )
 
 
 def main(dirs: list[str]) -> None:
-    print("| structure | achieved | top-1 | storage KiB (best) | ratio vs fp32 | bound KiB | "
-          "memory refs | index refs | weight refs |")
+    print(
+        "| structure | achieved | top-1 | storage KiB (best) | ratio vs fp32 | bound KiB | "
+        "memory refs | index refs | weight refs |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for d in dirs:
         if (Path(d) / "analysis.json").is_file():

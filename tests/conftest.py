@@ -40,3 +40,20 @@ def crash_and_resume(monkeypatch):
         assert train_cli("--out", out, "--resume") == 0
 
     return go
+
+
+def tiny_recipe(sparsity=None, *, epochs=1, seed=0, train_size=128, test_size=64, test_batch=64):
+    """The tests' run recipe: resnet_tiny on 12x12 synthetic data, one thread, no progress bar."""
+    return {
+        "model": {"name": "resnet_tiny"},
+        "data": {
+            "name": "synthetic",
+            "batch_size": 64,
+            "test_batch_size": test_batch,
+            "synthetic_train": train_size,
+            "synthetic_test": test_size,
+            "image_size": 12,
+        },
+        "train": {"epochs": epochs, "lr": 0.05, "progress": False, "seed": seed, "threads": 1},
+        "sparsity": sparsity or {"method": "dense"},
+    }

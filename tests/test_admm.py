@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 import yaml
-from conftest import assert_same_files
+from conftest import assert_same_files, tiny_recipe
 from conftest import train_cli as train
 from torch import nn
 
@@ -317,19 +317,14 @@ def test_state_dict_round_trip(steps):
 
 # -- end to end with the built-in trainer --------------------------------------------------------
 
-RECIPE = {
-    "model": {"name": "resnet_tiny"},
-    "data": {
-        "name": "synthetic",
-        "batch_size": 64,
-        "test_batch_size": 128,
-        "synthetic_train": 256,
-        "synthetic_test": 128,
-        "image_size": 12,
-    },
-    "train": {"epochs": 1, "lr": 0.05, "progress": False, "seed": 3, "threads": 1},
-    "sparsity": {"method": "dense"},
-}
+RECIPE = tiny_recipe(
+    {"method": "dense"},
+    epochs=1,
+    seed=3,
+    train_size=256,
+    test_size=128,
+    test_batch=128,
+)
 
 ADMM = {
     "method": "admm",

@@ -2,24 +2,14 @@ import json
 
 import pytest
 import yaml
-from conftest import train_cli
+from conftest import tiny_recipe, train_cli
 
 from sparsegrain import cli
 from sparsegrain.analysis.storage import BitWidths, layer_storage
 from sparsegrain.checkpoint import load_tensors
 
-RECIPE = {
-    "model": {"name": "resnet_tiny"},
-    "data": {
-        "name": "synthetic",
-        "batch_size": 64,
-        "test_batch_size": 64,
-        "synthetic_train": 128,
-        "synthetic_test": 64,
-        "image_size": 12,
-    },
-    "train": {"epochs": 1, "lr": 0.05, "progress": False, "seed": 0, "threads": 1},
-    "sparsity": {
+RECIPE = tiny_recipe(
+    {
         "method": "campfire",
         "structure": "kernel",
         "target": 0.5,
@@ -27,7 +17,12 @@ RECIPE = {
         "end": 0.5,
         "frequency": 1,
     },
-}
+    epochs=1,
+    seed=0,
+    train_size=128,
+    test_size=64,
+    test_batch=64,
+)
 
 
 @pytest.fixture(scope="module")

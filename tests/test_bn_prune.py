@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import assert_same_files
+from conftest import assert_same_files, tiny_recipe
 from conftest import train_cli as train
 from torch import nn
 from torch.nn.utils import parametrize
@@ -389,18 +389,8 @@ def test_finalize_without_handle_bakes_bn_masks():
 
 # -- the trainer: resume ------------------------------------------------------------------------
 
-RECIPE = {
-    "model": {"name": "resnet_tiny"},
-    "data": {
-        "name": "synthetic",
-        "batch_size": 64,
-        "test_batch_size": 128,
-        "synthetic_train": 256,
-        "synthetic_test": 128,
-        "image_size": 12,
-    },
-    "train": {"epochs": 2, "lr": 0.05, "progress": False, "seed": 3, "threads": 1},
-    "sparsity": {
+RECIPE = tiny_recipe(
+    {
         "method": "campfire",
         "structure": "filter",
         "target": 0.5,
@@ -408,7 +398,12 @@ RECIPE = {
         "end": 1.5,
         "frequency": 2,
     },
-}
+    epochs=2,
+    seed=3,
+    train_size=256,
+    test_size=128,
+    test_batch=128,
+)
 
 
 def recipe_file(path, **sparsity):

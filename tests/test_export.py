@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 import yaml
-from conftest import train_cli
+from conftest import tiny_recipe, train_cli
 
 import sparsegrain
 from sparsegrain import cli
@@ -22,18 +22,8 @@ HAS_ORT = importlib.util.find_spec("onnxruntime") is not None and (
 HAS_COMPRESSED = importlib.util.find_spec("sparsegrain.compressed") is not None
 needs_ort = pytest.mark.skipif(not HAS_ORT, reason="onnx/onnxruntime not installed (onnx extra)")
 
-RECIPE = {
-    "model": {"name": "resnet_tiny"},
-    "data": {
-        "name": "synthetic",
-        "batch_size": 64,
-        "test_batch_size": 64,
-        "synthetic_train": 128,
-        "synthetic_test": 64,
-        "image_size": 12,
-    },
-    "train": {"epochs": 1, "lr": 0.05, "progress": False, "seed": 0, "threads": 1},
-    "sparsity": {
+RECIPE = tiny_recipe(
+    {
         "method": "campfire",
         "structure": "filter",
         "target": 0.5,
@@ -41,7 +31,12 @@ RECIPE = {
         "end": 0.5,
         "frequency": 1,
     },
-}
+    epochs=1,
+    seed=0,
+    train_size=128,
+    test_size=64,
+    test_batch=64,
+)
 
 
 @pytest.fixture(scope="module")

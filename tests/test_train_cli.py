@@ -3,25 +3,15 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import assert_same_files
+from conftest import assert_same_files, tiny_recipe
 from conftest import train_cli as train
 
 from sparsegrain import cli
 from sparsegrain.checkpoint import load_tensors
 from sparsegrain.models import create_model
 
-RECIPE = {
-    "model": {"name": "resnet_tiny"},
-    "data": {
-        "name": "synthetic",
-        "batch_size": 64,
-        "test_batch_size": 128,
-        "synthetic_train": 256,
-        "synthetic_test": 128,
-        "image_size": 12,
-    },
-    "train": {"epochs": 2, "lr": 0.05, "progress": False, "seed": 3, "threads": 1},
-    "sparsity": {
+RECIPE = tiny_recipe(
+    {
         "method": "campfire",
         "structure": "kernel-quota",
         "target": 0.5,
@@ -29,7 +19,12 @@ RECIPE = {
         "end": 1.5,  # still ramping when the resume test stops after epoch 1
         "frequency": 2,
     },
-}
+    epochs=2,
+    seed=3,
+    train_size=256,
+    test_size=128,
+    test_batch=128,
+)
 
 
 @pytest.fixture
