@@ -16,10 +16,12 @@ for st in fine vector kernel filter kernel-quota; do
   "${G[@]}" --tag "_$st" --set "sparsity.structure=$st" "$R"
 done
 Q=runs/grid/quick
-for run in "$Q"/resnet20_fmnist_dense "$Q"/resnet20_fmnist_campfire_window_70 "$Q"/resnet20_fmnist_campfire_window_70_*; do
+RUNS=("$Q"/resnet20_fmnist_dense "$Q"/resnet20_fmnist_campfire_window_70)
+for st in fine vector kernel filter kernel-quota; do RUNS+=("$Q/resnet20_fmnist_campfire_window_70_$st"); done
+for run in "${RUNS[@]}"; do
   [ -f "$run/analysis.json" ] || .venv/bin/sparsegrain analyze --run "$run" --no-progress >/dev/null
 done
 .venv/bin/sparsegrain analyze --run "$Q/resnet20_fmnist_campfire_window_70" \
   --attacks fgsm,pgd --epsilons 0,0.01,0.02,0.05 --baseline "$Q/resnet20_fmnist_dense" \
   --max-batches 20 --no-progress --out "$Q/robustness_window70.json" > "$Q/robustness_window70.txt"
-.venv/bin/python bench/mao_table.py "$Q"/resnet20_fmnist_dense "$Q"/resnet20_fmnist_campfire_window_70*
+.venv/bin/python bench/mao_table.py "${RUNS[@]}"
