@@ -77,7 +77,7 @@ from sparsegrain.recipe import load_recipe
 from sparsegrain.schedules import cubic_sparsity
 from sparsegrain.structures import parse_structure, verify
 from sparsegrain.summary import overall_sparsity
-from sparsegrain.train import build_model, evaluate, lr_for, param_groups
+from sparsegrain.train import build_model, build_optimizer, evaluate, lr_for
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "resnet20_fmnist_campfire_window_70.yaml"
@@ -273,12 +273,7 @@ def train_peer(name: str, peer: Peer, recipe, out: Path, threads: int | None) ->
     model = build_model(recipe, data.num_classes, data.in_channels)
     if tr.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(
-        param_groups(model, tr.weight_decay, tr.decay_bn_and_bias),
-        lr=tr.lr,
-        momentum=tr.momentum,
-        nesterov=tr.nesterov,
-    )
+    optimizer = build_optimizer(model, tr)
     layers = pruned_layers(model)
     spe = len(data.train)
     ramp = Ramp(sp.start, sp.end, sp.frequency, spe)
@@ -378,27 +373,18 @@ def finish(out, recipe, model, layers, peer, final, history, wall) -> dict:
     meta = {"format": "sparsegrain-weights", "model": recipe.model.to_dict()}
     save_tensors(out / runfiles.WEIGHTS, model.state_dict(), meta)
     save_tensors(out / runfiles.MASKS, masks, {"format": "sparsegrain-masks"})
-    total = sum(r["params"] for r in rows)
-    summary = {
-        "name": out.name,
-        "model": recipe.model.name,
-        "dataset": recipe.data.name,
-        "method": peer.method,
-        "structure": peer.structure,
-        "target": recipe.sparsity.target,
-        "sparsity": overall_sparsity(rows),
-        "top1": final["top1"],
-        "top5": final["top5"],
-        "test_loss": final["loss"],
-        "epochs": recipe.train.epochs,
-        "seed": recipe.train.seed,
-        "wall_time": wall,
-        "params_total": total,
-        "params_nonzero": sum(round(r["params"] * (1 - r["achieved"])) for r in rows),
-        "violations": violations,
-        "layers": rows,
-        "torch": torch.__version__,
-    }
+    summary = runfiles.summary_record(
+        recipe,
+        rows,
+        final,
+        wall,
+        violations,
+        method=peer.method,
+        structure=peer.structure,
+        target=recipe.sparsity.target,
+        name=out.name,
+    )
+    summary["torch"] = torch.__version__
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 

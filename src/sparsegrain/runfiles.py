@@ -174,15 +174,43 @@ def finish(
     meta = {"format": "sparsegrain-weights", "model": recipe.model.to_dict()}
     save_tensors(out / WEIGHTS, weights, meta)
     save_tensors(out / MASKS, sp.masks(), {"format": "sparsegrain-masks"})
-    total = sum(r["params"] for r in rows)
-    nonzero = sum(round(r["params"] * (1 - r["achieved"])) for r in rows)
-    summary = {
-        "name": recipe.name,
+    dense = recipe.sparsity.method == "dense"
+    summary = summary_record(
+        recipe,
+        rows,
+        final,
+        wall,
+        violations,
+        method=recipe.sparsity.method,
+        structure="dense" if dense else recipe.sparsity.structure,
+        target=0.0 if dense else recipe.sparsity.target,
+    )
+    summary.update(sp.method.summary_extra())
+    summary.update(extra or {})
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def summary_record(
+    recipe: Recipe,
+    rows: list[dict],
+    final: dict[str, float],
+    wall: float,
+    violations: dict[str, list[str]],
+    *,
+    method: str,
+    structure: str,
+    target: float,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """The ``summary.json`` fields of a finished run (the per-layer ``rows`` of a report)."""
+    return {
+        "name": recipe.name if name is None else name,
         "model": recipe.model.name,
         "dataset": recipe.data.name,
-        "method": recipe.sparsity.method,
-        "structure": recipe.sparsity.structure if recipe.sparsity.method != "dense" else "dense",
-        "target": recipe.sparsity.target if recipe.sparsity.method != "dense" else 0.0,
+        "method": method,
+        "structure": structure,
+        "target": target,
         "sparsity": overall_sparsity(rows),
         "top1": final["top1"],
         "top5": final["top5"],
@@ -190,12 +218,8 @@ def finish(
         "epochs": recipe.train.epochs,
         "seed": recipe.train.seed,
         "wall_time": wall,
-        "params_total": total,
-        "params_nonzero": nonzero,
+        "params_total": sum(r["params"] for r in rows),
+        "params_nonzero": sum(round(r["params"] * (1 - r["achieved"])) for r in rows),
         "violations": violations,
         "layers": rows,
-        **sp.method.summary_extra(),
-        **(extra or {}),
     }
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return summary

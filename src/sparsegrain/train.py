@@ -44,6 +44,16 @@ def param_groups(model: nn.Module, weight_decay: float, decay_bn_and_bias: bool)
     return groups
 
 
+def build_optimizer(model: nn.Module, tr) -> torch.optim.Optimizer:
+    """SGD of the recipe's ``train`` section (momentum, Nesterov, decay groups)."""
+    return torch.optim.SGD(
+        param_groups(model, tr.weight_decay, tr.decay_bn_and_bias),
+        lr=tr.lr,
+        momentum=tr.momentum,
+        nesterov=tr.nesterov,
+    )
+
+
 def build_model(recipe: Recipe, num_classes: int, in_channels: int) -> nn.Module:
     m = recipe.model
     return create_model(
@@ -217,12 +227,7 @@ def run(
         )
     if tr.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(
-        param_groups(model, tr.weight_decay, tr.decay_bn_and_bias),
-        lr=tr.lr,
-        momentum=tr.momentum,
-        nesterov=tr.nesterov,
-    )
+    optimizer = build_optimizer(model, tr)
     sp = sparsify_(
         model,
         recipe.sparsity,
