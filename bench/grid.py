@@ -15,6 +15,7 @@ rebuilt with ``--table-only``.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -41,9 +42,17 @@ def quick_sets(recipe: dict) -> list[str]:
     return sets
 
 
-def run_one(recipe: Path, out: Path, sets: list[str], threads: int) -> dict:
-    """Train one recipe (or reuse / resume it) in a subprocess: ``sparsegrain.sweep.run_point``."""
-    return run_point(recipe, out, sets, threads, lambda msg: print(msg, flush=True))
+def record(path: Path, name: str, summary: dict) -> dict[str, dict]:
+    """Add one summary to the results file; other grids may write the same file at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = json.loads(path.read_text()) if path.is_file() else {}
+        results[name] = summary
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
+    return results
 
 
 def table(results: dict[str, dict]) -> str:
@@ -74,6 +83,9 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], help="extra override for every run")
     p.add_argument("--tag", default="", help="suffix of the run names and result keys")
     p.add_argument("--table-only", action="store_true", help="print the table of --results")
+    p.add_argument(
+        "--init", type=Path, default=None, help="--init of every run (a run dir or weights file)"
+    )
     args = p.parse_args()
     results = json.loads(args.results.read_text()) if args.results.is_file() else {}
     if not args.table_only:
@@ -84,15 +96,16 @@ def main() -> None:
             data = yaml.safe_load(recipe.read_text())
             sets = (quick_sets(data) if args.quick else []) + args.set
             name = recipe.stem + args.tag
-            return name, run_one(recipe, out / name, sets, threads)
+            extra = ["--init", str(args.init)] if args.init else []
+            return name, run_point(
+                recipe, out / name, sets, threads, lambda m: print(m, flush=True), extra
+            )
 
         with ThreadPoolExecutor(args.jobs) as pool:
             for future in as_completed([pool.submit(job, r) for r in args.recipes]):
                 name, summary = future.result()
                 summary = {k: v for k, v in summary.items() if k != "layers"}
-                results[name] = summary
-                args.results.parent.mkdir(parents=True, exist_ok=True)
-                args.results.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+                results = record(args.results, name, summary)
     print(table(dict(sorted(results.items()))))
 
 

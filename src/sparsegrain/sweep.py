@@ -41,8 +41,12 @@ def grid_points(
     return points
 
 
-def run_point(recipe: Path, out: Path, sets: list[str], threads: int, log) -> dict[str, Any]:
-    """Train one point in a subprocess (or reuse / resume it); return its summary."""
+def run_point(
+    recipe: Path, out: Path, sets: list[str], threads: int, log, extra: list[str] = ()
+) -> dict[str, Any]:
+    """Train one point in a subprocess (or reuse / resume it); return its summary.
+
+    ``extra`` are more ``sparsegrain train`` arguments of a fresh start (``--init DIR``)."""
     summary = out / "summary.json"
     if summary.is_file():
         return json.loads(summary.read_text())
@@ -61,7 +65,8 @@ def run_point(recipe: Path, out: Path, sets: list[str], threads: int, log) -> di
     if (out / "checkpoint.safetensors").is_file():
         cmd.append("--resume")
     else:
-        cmd += ["--recipe", str(recipe), "--overwrite"] + [a for s in sets for a in ("--set", s)]
+        cmd += ["--recipe", str(recipe), "--overwrite", *extra]
+        cmd += [a for s in sets for a in ("--set", s)]
     out.parent.mkdir(parents=True, exist_ok=True)
     logfile = out.parent / f"{out.name}.log"
     with open(logfile, "a") as f:
