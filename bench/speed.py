@@ -27,6 +27,7 @@ machine whose cores are busy with other jobs.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib
 import inspect
 import json
@@ -35,6 +36,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.fx.experimental.optimization import fuse
 
 import sparsegrain
 from sparsegrain.compact import compact
@@ -97,14 +99,29 @@ def interleaved(variants: dict, x: torch.Tensor, repeats: int, min_time: float) 
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def keep_heap() -> bool:
+    """Keep freed activation buffers in the process heap (glibc ``mallopt``), as a serving
+    process would: by default glibc hands every buffer above 32 MiB back to the OS after each
+    forward pass and page-faults it in again on the next, a cost proportional to activation
+    bytes that is the same for a dense and a compacted model and hides the MAC savings."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**30))
+
+
 def measure(spec, batch: int, structure: str, target: float, args, kernels) -> dict:
     size = spec[4]
     x = torch.randn(batch, spec[2], size, size)
     dense = pruned(spec, structure, target)
     res = compact(dense, x[:2])
     variants = {"dense": dense, "compact": res.model}
+    if args.fuse_bn:  # the same inference rewrite on both: BN folded into the conv before it
+        variants = {k: fuse(m) for k, m in variants.items()}
     if kernels is not None and not args.no_kernels:
-        variants["kernels"] = sparse_kernels(kernels, dense, x[:1], target)
+        variants["kernels"] = sparse_kernels(kernels, variants["dense"], x[:1], target)
     if args.channels_last:
         variants = {k: m.to(memory_format=torch.channels_last) for k, m in variants.items()}
         x = x.contiguous(memory_format=torch.channels_last)
@@ -153,7 +170,21 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=7, help="interleaved rounds (median)")
     p.add_argument("--min-time", type=float, default=0.2, help="seconds per timed sample")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument(
+        "--channels-last", action=argparse.BooleanOptionalAction, default=True, help="NHWC"
+    )
+    p.add_argument(
+        "--fuse-bn",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fold BatchNorm into the conv before it (torch.fx fuse) in every variant",
+    )
+    p.add_argument(
+        "--keep-heap",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep freed buffers in the heap (glibc mallopt), see keep_heap()",
+    )
     p.add_argument("--no-kernels", action="store_true", help="skip sparse-kernel execution")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = p.parse_args()
@@ -163,6 +194,11 @@ def main() -> None:
         args.repeats, args.min_time = min(args.repeats, 3), 0.02
     if args.threads:
         torch.set_num_threads(args.threads)
+    heap = args.keep_heap and keep_heap()
+    print(
+        f"settings: channels_last={args.channels_last} fuse_bn={args.fuse_bn} "
+        f"keep_heap={heap} threads={torch.get_num_threads()}"
+    )
     kernels = kernels_fn()
     out = []
     for name in args.models.split(","):
@@ -184,7 +220,14 @@ def main() -> None:
     )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"quick": args.quick, "rows": out}, indent=2) + "\n")
+        settings = {
+            "quick": args.quick,
+            "channels_last": args.channels_last,
+            "fuse_bn": args.fuse_bn,
+            "keep_heap": heap,
+            "threads": torch.get_num_threads(),
+        }
+        Path(args.json).write_text(json.dumps({**settings, "rows": out}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
