@@ -63,7 +63,7 @@ from types import SimpleNamespace
 
 import torch
 import yaml
-from grid import quick_sets
+from grid import quick_sets, record
 from torch import nn
 from torch.ao.pruning import CubicSL, WeightNormSparsifier
 from torch.nn.utils import parametrize, prune
@@ -506,9 +506,8 @@ def main() -> None:
             futures = {pool.submit(run_one, args, *run, threads): run[0] for run in runs}
             for future in as_completed(futures):
                 summary = future.result()
-                results[futures[future]] = {k: v for k, v in summary.items() if k != "layers"}
-                args.results.parent.mkdir(parents=True, exist_ok=True)
-                args.results.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+                summary = {k: v for k, v in summary.items() if k != "layers"}
+                results = record(args.results, futures[future], summary)
     shown = dict(results)
     for path in args.compare:
         shown.update(json.loads(path.read_text()))

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The side-by-side quality table of BENCHMARKS.md: Fashion-MNIST ResNet-20 on the reference
+# budget (DESIGN.md section 7), sparsegrain's methods and PyTorch's own pruning tools at each
+# target sparsity; top-1 (mean and spread over seeds), achieved sparsity, wall time.
+#
+# Reproduce (about 13 minutes a run alone on 2 cores; two runs at a time, one thread each;
+# finished runs are reused, so the command can be run again after a stop and targets or seeds
+# added later):
+#
+#     bash bench/quality.sh                      # targets 0.9 0.7 0.5, seed 0
+#     SEEDS="0 1" TARGETS="0.9" bash bench/quality.sh
+#     QUICK=1 bash bench/quality.sh              # quick budget: a smoke check
+#
+# sparsegrain's side (bench/grid.py, results bench/results/quality.json): gradual magnitude
+# pruning on Campfire's schedule (the window recipe of the same target: dense for epoch 1, cubic
+# ramp to epoch 6, masks frozen after) with Mao et al.'s structures fine, vector, kernel, filter
+# and with the peers' structures block:1x4 and nm:2:4; Feather (fine, one global threshold) at
+# 0.5 and 0.7 (0.9 is its own recipe). Dense, Campfire's structures, Feather 0.9 and ADMM come
+# from bench/results/campfire_fmnist.json and feather_admm.json (commands in BENCHMARKS.md).
+# The peers (bench/peers.py, results bench/results/peers.json): torch.ao.pruning
+# WeightNormSparsifier + CubicSL with 1x4 blocks and 2:4, torch.nn.utils.prune global L1, on the
+# same schedule, loop and pruned layers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+P=${PYTHON:-.venv/bin/python}
+TARGETS=${TARGETS:-"0.9 0.7 0.5"}
+SEEDS=${SEEDS:-0}
+Q=() RES=bench/results/quality.json COMPARE=(bench/results/campfire_fmnist.json
+  bench/results/feather_admm.json)
+if [ -n "${QUICK:-}" ]; then Q=(--quick) RES=bench/results/quality_quick.json COMPARE=(); fi
+G=("$P" bench/grid.py --jobs 1 --threads 1 "${Q[@]}" --results "$RES")
+PEER=("$P" bench/peers.py --jobs 1 --threads 1 "${Q[@]}")
+lane() {  # run "$@" in the background once fewer than two runs are going
+  while [ "$(jobs -rp | wc -l)" -ge 2 ]; do wait -n || true; done
+  "$@" &
+}
+for seed in $SEEDS; do
+  s=$([ "$seed" = 0 ] && echo "" || echo "_s$seed")
+  for t in $TARGETS; do
+    pct=$(printf '%.0f' "$(echo "$t * 100" | bc)")
+    R=recipes/resnet20_fmnist_campfire_window_$pct.yaml
+    for peer in prune-global ao-block1x4; do
+      lane "${PEER[@]}" --seeds "$seed" --targets "$t" --peers "$peer"
+    done
+    for st in fine block:1x4 vector kernel filter; do
+      lane "${G[@]}" --tag "_${st/:/}$s" --set train.seed="$seed" \
+        --set sparsity.structure="$st" --set sparsity.fallback=error "$R"
+    done
+    if [ "$pct" != 90 ] || [ "$seed" != 0 ]; then
+      lane "${G[@]}" --tag "_at$pct$s" --set train.seed="$seed" --set sparsity.target="$t" \
+        recipes/resnet20_fmnist_feather_90.yaml
+    fi
+  done
+  lane "${PEER[@]}" --seeds "$seed" --peers ao-nm2:4
+  lane "${G[@]}" --tag "_nm24$s" --set train.seed="$seed" --set sparsity.structure=nm:2:4 \
+    --set sparsity.fallback=error recipes/resnet20_fmnist_campfire_window_50.yaml
+done
+wait || true
+"$P" bench/peers.py "${Q[@]}" --table-only --compare "$RES" "${COMPARE[@]}"
