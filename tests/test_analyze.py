@@ -131,6 +131,28 @@ def test_report_draws_every_plot(runs, tmp_path):
     assert "| sparse | campfire | kernel | 0.50 |" in text
 
 
+def test_accuracy_series_groups_methods_structures_and_seeds():
+    from sparsegrain.report import accuracy_series
+
+    def run(method, structure, target, sparsity, top1):
+        return {"summary": dict(method=method, structure=structure, target=target,
+                                sparsity=sparsity, top1=top1)}  # fmt: skip
+
+    runs = [
+        run("dense", "dense", 0.0, 0.0, 93.0),
+        run("campfire", "fine", 0.9, 0.90, 92.0),
+        run("campfire", "fine", 0.9, 0.88, 91.0),  # a second seed of the same target
+        run("campfire", "fine", 0.5, 0.50, 93.5),
+        run("feather", "fine", 0.9, 0.90, 92.5),
+        run("dense", "dense", 0.0, 0.0, 93.2),
+    ]
+    dense, series = accuracy_series(runs)
+    assert dense == [93.0, 93.2]
+    assert list(series) == ["campfire: fine", "feather: fine"]
+    assert series["campfire: fine"] == [(0.50, 93.5, 93.5, 93.5), (0.89, 91.5, 91.0, 92.0)]
+    assert series["feather: fine"] == [(0.90, 92.5, 92.5, 92.5)]
+
+
 def test_mask_picture_layout():
     import torch
 

@@ -47,23 +47,48 @@ def load_runs(dirs: list[str]) -> list[dict[str, Any]]:
     return runs
 
 
-def plot_accuracy(runs, path: Path) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    by_structure: dict[str, list[tuple[float, float]]] = {}
+def accuracy_series(runs) -> tuple[list[float], dict[str, list[tuple[float, float, float, float]]]]:
+    """The quality plot's data: dense top-1s, and per ``method: structure`` one point per
+    target, ``(mean achieved sparsity, mean top-1, min top-1, max top-1)`` over the runs of
+    that target (seeds), sorted by sparsity."""
+    dense: list[float] = []
+    groups: dict[str, dict[float, list[dict]]] = {}
     for r in runs:
         s = r["summary"]
         if s["method"] == "dense":
-            ax.axhline(s["top1"], color="grey", ls="--", lw=1, label=f"dense ({r['name']})")
-        else:
-            by_structure.setdefault(s["structure"], []).append((s["sparsity"], s["top1"]))
-    for structure, pts in sorted(by_structure.items()):
-        pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=structure)
+            dense.append(s["top1"])
+            continue
+        key = f"{s['method']}: {s['structure']}"
+        groups.setdefault(key, {}).setdefault(round(s["target"], 4), []).append(s)
+    series = {}
+    for key, by_target in sorted(groups.items()):
+        pts = []
+        for rs in by_target.values():
+            top1 = [x["top1"] for x in rs]
+            sparsity = sum(x["sparsity"] for x in rs) / len(rs)
+            pts.append((sparsity, sum(top1) / len(top1), min(top1), max(top1)))
+        series[key] = sorted(pts)
+    return dense, series
+
+
+def plot_accuracy(runs, path: Path) -> None:
+    """Top-1 vs achieved sparsity, one line per method and structure; with several runs of a
+    target (seeds) the point is their mean and the bar their min-max."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    dense, series = accuracy_series(runs)
+    if dense:
+        mean = sum(dense) / len(dense)
+        ax.axhline(mean, color="grey", ls="--", lw=1, label=f"dense ({len(dense)} run(s))")
+    for key, pts in series.items():
+        x = [p[0] for p in pts]
+        y = [p[1] for p in pts]
+        err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=key)
     ax.set_xlabel("achieved sparsity (pruned layers)")
     ax.set_ylabel("top-1 (%)")
-    ax.set_title("accuracy vs sparsity per structure")
-    ax.legend(fontsize=8)
+    ax.set_title("accuracy vs sparsity per method and structure")
+    ax.legend(fontsize=7, loc="lower left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
