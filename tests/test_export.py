@@ -125,10 +125,15 @@ def test_onnx_round_trip_of_a_compacted_vgg(tmp_path):
 def test_export_compressed(run, tmp_path, capsys):
     out = tmp_path / "m.sgc"
     assert export("--run", run, "--out", out, "--format", "compressed") == 0
-    checks = diffs(capsys.readouterr().out)
+    printed = capsys.readouterr().out
+    checks = diffs(printed)
     assert checks == {"read back vs masked model": 0.0}
     from sparsegrain.compressed import read_compressed
 
+    size = out.stat().st_size
+    predicted = int(re.search(r"predicted: ([\d,]+) bytes", printed)[1].replace(",", ""))
+    sections = len(read_compressed(out)[1]["tensors"])
+    assert 0 <= size - predicted <= sections  # each section pads to a byte, nothing else differs
     state, _ = read_compressed(out)
     b, _ = load_tensors(run / "model.safetensors")
     assert state.keys() == b.keys()

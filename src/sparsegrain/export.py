@@ -221,6 +221,12 @@ def _format_record(record: dict[str, Any], source: Path) -> str:
             f"compacted: params {c['params_before']:,} -> {c['params_after']:,}, "
             f"MACs/example {c['macs_before']:,} -> {c['macs_after']:,}"
         )
+    w = record.get("writer")
+    if w is not None:
+        lines.append(
+            f"predicted: {w['predicted_bytes']:,} bytes (sparse layers at the storage analysis's "
+            f"best encoding + other tensors raw + header); file / predicted = {w['ratio']:.4f}"
+        )
     for name, diff in record["checks"].items():
         lines.append(f"check: {name}: max abs diff {diff:.3g}")
     return "\n".join(lines)
