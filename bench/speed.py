@@ -120,11 +120,11 @@ def measure(spec, batch: int, structure: str, target: float, args, kernels) -> d
     variants = {"dense": dense, "compact": res.model}
     if args.fuse_bn:  # the same inference rewrite on both: BN folded into the conv before it
         variants = {k: fuse(m) for k, m in variants.items()}
-    if kernels is not None and not args.no_kernels:
-        variants["kernels"] = sparse_kernels(kernels, variants["dense"], x[:1], target)
     if args.channels_last:
         variants = {k: m.to(memory_format=torch.channels_last) for k, m in variants.items()}
         x = x.contiguous(memory_format=torch.channels_last)
+    if kernels is not None and not args.no_kernels:  # chosen on the input it will run on
+        variants["kernels"] = sparse_kernels(kernels, variants["dense"], x, target)
     with torch.inference_mode():
         ref = dense(x)
         diff = {k: float((m(x) - ref).abs().max()) for k, m in variants.items() if k != "dense"}
