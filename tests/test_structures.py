@@ -707,3 +707,41 @@ def test_prop_global_total_within_tolerance(layers, s):
     biggest = max(st_.layout(shape_4d(w.shape))[2] for w, st_ in layers.values())
     slack = sum(2 * st_.tolerance(w.shape) * w.numel() for w, st_ in layers.values())
     assert abs(kept - (1 - s) * total) <= slack + biggest / 2
+
+
+def _sorted_top(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """The definition select_top must match: the first ``keep`` of a stable descending sort."""
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    return torch.zeros(scores.shape, dtype=torch.bool).scatter_(1, order[:, :keep], True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.integers(1, 4),
+    values=st.lists(st.sampled_from([-1.0, -0.0, 0.0, 0.5, 1.0, 2.0]), min_size=1, max_size=24),
+    data=st.data(),
+)
+def test_select_top_is_the_stable_sort_with_ties(rows, values, data):
+    from sparsegrain.structures import select_top
+
+    scores = torch.tensor(values).repeat(rows, 1)
+    scores[1:] = scores[1:].roll(1, dims=1)  # other rows: other tie positions
+    keep = data.draw(st.integers(0, len(values)))
+    assert torch.equal(select_top(scores, keep), _sorted_top(scores, keep))
+
+
+@pytest.mark.parametrize("kind", ["distinct", "few values", "all equal"])
+def test_select_top_large_domain_by_selection(kind):
+    from sparsegrain.structures import select_top
+
+    n = 200_003  # above the direct-kthvalue size: the sample-then-band selection path
+    g = torch.Generator().manual_seed(1)
+    scores = {
+        "distinct": torch.rand(1, n, generator=g),
+        "few values": torch.randint(0, 7, (1, n), generator=g).float(),
+        "all equal": torch.ones(1, n),
+    }[kind]
+    for keep in (1, 2, n // 10, n // 2, n - 1, n):
+        mask = select_top(scores, keep)
+        assert int(mask.sum()) == keep
+        assert torch.equal(mask, _sorted_top(scores, keep))

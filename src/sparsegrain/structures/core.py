@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..quantile import DIRECT_SELECT, select_order_statistics
 from ..registry import Registry
 
 Shape4 = tuple[int, int, int, int]
@@ -152,11 +153,30 @@ def keep_count(groups: int, sparsity: float, min_keep: int = 1) -> int:
 def select_top(scores: Tensor, keep: int) -> Tensor:
     """Bool ``(D, G)``: the ``keep`` highest scores in every row.
 
-    Deterministic: a stable descending sort, so among equal scores the lower index is kept.
+    Deterministic: exactly the first ``keep`` of a stable descending sort, so among equal scores
+    the lower index is kept, found by selection instead of a sort (linear time, which matters
+    for ``fine``, one group per weight): ``t`` is each row's ``keep``-th largest score
+    (``kthvalue``), every score above ``t`` is kept, and the scores equal to ``t`` fill the rest
+    in index order.
     """
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
-    out = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
-    return out.scatter_(1, order[:, :keep], True)
+    groups = scores.shape[1]
+    if keep >= groups:
+        return torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
+    if keep <= 0:
+        return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    if scores.shape[0] == 1 and groups > DIRECT_SELECT and not scores.isnan().any():
+        flat = scores.reshape(-1)  # one large domain (fine, vector, kernel on a big layer)
+        t = select_order_statistics(flat, groups - keep, groups - keep)[0]
+        above = flat > t
+        need = keep - int(torch.count_nonzero(above))
+        tied = (flat == t).nonzero().reshape(-1)  # in index order; usually one or a few
+        above[tied[:need]] = True
+        return above.reshape(1, groups)
+    t = torch.kthvalue(scores, groups - keep + 1, dim=1, keepdim=True).values
+    above = scores > t
+    tied = scores == t
+    need = keep - above.sum(1, keepdim=True)
+    return above | (tied & (torch.cumsum(tied, 1) <= need))
 
 
 # -- the contract ---------------------------------------------------------------------------------
