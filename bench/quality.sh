@@ -15,8 +15,9 @@
 # pruning on Campfire's schedule (the window recipe of the same target: dense for epoch 1, cubic
 # ramp to epoch 6, masks frozen after) with Mao et al.'s structures fine, vector, kernel, filter
 # and with the peers' structures block:1x4 and nm:2:4; Feather (fine, one global threshold) at
-# 0.5 and 0.7 (0.9 is its own recipe). Dense, Campfire's structures, Feather 0.9 and ADMM come
-# from bench/results/campfire_fmnist.json and feather_admm.json (commands in BENCHMARKS.md).
+# 0.5 and 0.7 (0.9 is its own recipe); StructADMM filter, channel, shape at 0.7 and 0.9, from
+# the dense run (trained first if missing). Dense, Campfire's structures, Feather 0.9 and ADMM
+# 0.5 come from bench/results/campfire_fmnist.json and feather_admm.json (see BENCHMARKS.md).
 # The peers (bench/peers.py, results bench/results/peers.json): torch.ao.pruning
 # WeightNormSparsifier + CubicSL with 1x4 blocks and 2:4, torch.nn.utils.prune global L1, on the
 # same schedule, loop and pruned layers.
@@ -30,6 +31,12 @@ Q=() RES=bench/results/quality.json COMPARE=(bench/results/campfire_fmnist.json
 if [ -n "${QUICK:-}" ]; then Q=(--quick) RES=bench/results/quality_quick.json COMPARE=(); fi
 G=("$P" bench/grid.py --jobs 1 --threads 1 "${Q[@]}" --results "$RES")
 PEER=("$P" bench/peers.py --jobs 1 --threads 1 "${Q[@]}")
+DENSE=runs/grid/reference/resnet20_fmnist_dense ADMM=()
+if [ -n "${QUICK:-}" ]; then  # 4 epochs: two ADMM periods of one epoch
+  DENSE=runs/grid/quick/resnet20_fmnist_dense ADMM=(--set sparsity.admm_epochs=1
+    --set sparsity.admm_periods=2)
+fi
+[ -f "$DENSE/model.safetensors" ] || "${G[@]}" recipes/resnet20_fmnist_dense.yaml
 lane() {  # run "$@" in the background once fewer than two runs are going
   while [ "$(jobs -rp | wc -l)" -ge 2 ]; do wait -n || true; done
   "$@" &
@@ -49,6 +56,12 @@ for seed in $SEEDS; do
     if [ "$pct" != 90 ] || [ "$seed" != 0 ]; then
       lane "${G[@]}" --tag "_at$pct$s" --set train.seed="$seed" --set sparsity.target="$t" \
         recipes/resnet20_fmnist_feather_90.yaml
+    fi
+    if [ "$pct" != 50 ] || [ "$seed" != 0 ]; then
+      for st in filter channel shape; do
+        lane "${G[@]}" --tag "_at$pct$s" --set train.seed="$seed" --set sparsity.target="$t" \
+          "${ADMM[@]}" --init "$DENSE" "recipes/resnet20_fmnist_admm_${st}_50.yaml"
+      done
     fi
   done
   lane "${PEER[@]}" --seeds "$seed" --peers ao-nm2:4
