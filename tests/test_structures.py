@@ -745,3 +745,31 @@ def test_select_top_large_domain_by_selection(kind):
         mask = select_top(scores, keep)
         assert int(mask.sum()) == keep
         assert torch.equal(mask, _sorted_top(scores, keep))
+
+
+def _sorted_global(layers, s):
+    """The definition of global_sparsities for fine layers: rank every weight by |w| (stable,
+    earlier layer first), keep the k-th iff k - 1/2 < budget."""
+    value = torch.cat([w.abs().reshape(-1).double() for w in layers.values()])
+    owner = torch.cat([torch.full((w.numel(),), i) for i, w in enumerate(layers.values())])
+    order = torch.sort(value, descending=True, stable=True).indices
+    budget = (1.0 - s) * len(value)
+    kept = (torch.arange(1, len(value) + 1, dtype=torch.float64) - 0.5) < budget
+    counts = torch.bincount(owner[order][kept], minlength=len(layers))
+    return {n: (w.numel() - int(c)) / w.numel() for (n, w), c in zip(layers.items(), counts)}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    sizes=st.lists(st.integers(2, 40), min_size=1, max_size=4),
+    s=st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.7, 0.9, 0.99]),
+    seed=st.integers(0, 2**16),
+)
+def test_global_fine_by_selection_equals_the_sorted_ranking(sizes, s, seed):
+    g = torch.Generator().manual_seed(seed)
+    layers = {f"l{i}": torch.randint(-2, 3, (n,), generator=g).float() for i, n in enumerate(sizes)}
+    layers = {n: w.reshape(1, -1) for n, w in layers.items()}  # Linear weights, many ties
+    out = global_sparsities({n: (w, "fine") for n, w in layers.items()}, s)
+    ref = _sorted_global(layers, s)
+    for n, w in layers.items():  # a layer keeps at least one weight
+        assert out[n] == min(ref[n], (w.numel() - 1) / w.numel())

@@ -7,7 +7,16 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from .core import Score, Structure, as_4d, check_sparsity, get_score, score_groups, shape_4d
+from .core import (
+    Score,
+    Structure,
+    as_4d,
+    check_sparsity,
+    get_score,
+    score_groups,
+    select_top,
+    shape_4d,
+)
 from .names import parse_structure
 
 
@@ -18,6 +27,17 @@ def group_scores(w: Tensor, structure: str | Structure, score: str | Score = "l1
     if reason is not None:
         raise ValueError(f"structure does not fit weight shape {tuple(w.shape)}: {reason}")
     return score_groups(st.group_view(as_4d(w.detach())), score)
+
+
+def _kept_count(n: int, e: float, budget: float) -> int:
+    """How many of ``n`` groups of ``e`` elements the ranking keeps: the largest ``k <= n`` with
+    ``k * e - e / 2 < budget`` (the sort path's test, in the same float64 arithmetic)."""
+    k = min(n, max(0, int(budget / e + 0.5)))
+    while k < n and (k + 1) * e - e / 2 < budget:
+        k += 1
+    while k > 0 and k * e - e / 2 >= budget:
+        k -= 1
+    return k
 
 
 def global_sparsities(
@@ -47,8 +67,8 @@ def global_sparsities(
         return {}
     device = next(iter(layers.values()))[0].device
     sc = get_score(score)
-    values, sizes, owners, structs = [], [], [], []
-    for i, (name, (w, structure)) in enumerate(layers.items()):
+    values, elems, structs = [], [], []
+    for name, (w, structure) in layers.items():
         st = parse_structure(structure)
         reason = st.fits(w.shape)
         if reason is not None:
@@ -56,18 +76,29 @@ def global_sparsities(
         _, _, e = st.layout(shape_4d(w.shape))
         v = score_groups(st.group_view(as_4d(w.detach())), sc).reshape(-1)
         values.append(v.to(device, torch.float64) / float(e) ** sc.size_exponent)
-        sizes.append(torch.full(v.shape, float(e), dtype=torch.float64, device=device))
-        owners.append(torch.full(v.shape, i, dtype=torch.long, device=device))
+        elems.append(float(e))
         structs.append(st)
-    value, size, owner = torch.cat(values), torch.cat(sizes), torch.cat(owners)
-    order = torch.sort(value, descending=True, stable=True).indices
-    size, owner = size[order], owner[order]
-    budget = (1.0 - s) * float(size.sum())
-    kept = (torch.cumsum(size, 0) - size / 2) < budget
-    kept_elems = torch.zeros(len(layers), dtype=torch.float64, device=device)
-    kept_elems.index_add_(0, owner[kept], size[kept])
+    counts = [len(v) for v in values]
+    value = torch.cat(values)
+    budget = (1.0 - s) * float(sum(c * e for c, e in zip(counts, elems)))
+    if len(set(elems)) == 1 and not value.isnan().any():
+        # One group size (fine everywhere, say): the k-th group of the ranking is kept iff
+        # k*e - e/2 < budget, so the kept groups are the top `kept` values, found by selection
+        # (``select_top``) instead of sorting every group of every layer.
+        e = elems[0]
+        top = select_top(value.reshape(1, -1), _kept_count(len(value), e, budget)).reshape(-1)
+        kept = [e * int(torch.count_nonzero(part)) for part in top.split(counts)]
+    else:
+        f64 = {"dtype": torch.float64, "device": device}
+        size = torch.cat([torch.full((c,), e, **f64) for c, e in zip(counts, elems)])
+        owner = torch.cat([torch.full((c,), i, device=device) for i, c in enumerate(counts)])
+        order = torch.sort(value, descending=True, stable=True).indices
+        size, owner = size[order], owner[order]
+        on = (torch.cumsum(size, 0) - size / 2) < budget
+        sums = torch.zeros(len(layers), dtype=torch.float64, device=device)
+        kept = sums.index_add_(0, owner[on], size[on]).tolist()
     out = {}
-    for (name, (w, _)), st, k in zip(layers.items(), structs, kept_elems.tolist()):
+    for (name, (w, _)), st, k in zip(layers.items(), structs, kept):
         n = w.numel()
         out[name] = min((n - k) / n, st.max_sparsity(w.shape))
     return out
