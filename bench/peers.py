@@ -510,6 +510,9 @@ def main() -> None:
                 results = record(args.results, futures[future], summary)
     shown = dict(results)
     for path in args.compare:
+        if not path.is_file():
+            print(f"--compare: {path} does not exist yet, left out", file=sys.stderr)
+            continue
         shown.update(json.loads(path.read_text()))
     print(table(shown))
 
