@@ -17,6 +17,7 @@ import torch
 
 from .checkpoint import atomic_write_text, load_tensors
 from .errors import ConfigError
+from .methods import METHODS
 
 
 def _pyplot():
@@ -75,7 +76,7 @@ def plot_accuracy(runs, path: Path) -> None:
     """Top-1 vs achieved sparsity, one line per method and structure; with several runs of a
     target (seeds) the point is their mean and the bar their min-max."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     dense, series = accuracy_series(runs)
     if dense:
         mean = sum(dense) / len(dense)
@@ -84,11 +85,13 @@ def plot_accuracy(runs, path: Path) -> None:
         x = [p[0] for p in pts]
         y = [p[1] for p in pts]
         err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=key)
+        own = key.split(":")[0] in METHODS  # other tools' runs (bench/peers.py): dashed, squares
+        style = {"marker": "o"} if own else {"marker": "s", "linestyle": "--"}
+        ax.errorbar(x, y, yerr=err, capsize=3, label=key, **style)
     ax.set_xlabel("achieved sparsity (pruned layers)")
     ax.set_ylabel("top-1 (%)")
     ax.set_title("accuracy vs sparsity per method and structure")
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
