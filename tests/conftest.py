@@ -42,6 +42,13 @@ def crash_and_resume(monkeypatch):
     return go
 
 
+def first_step(structure="filter", target=0.5, **kw) -> dict:
+    """A Campfire sparsity section whose masks are set at the first step (epoch 0.5 = end, one
+    step per update) and frozen from then on."""
+    base = {"method": "campfire", "structure": structure, "target": target}
+    return {**base, "start": 0, "end": 0.5, "frequency": 1, **kw}
+
+
 def tiny_recipe(sparsity=None, *, epochs=1, seed=0, train_size=128, test_size=64, test_batch=64):
     """The tests' run recipe: resnet_tiny on 12x12 synthetic data, one thread, no progress bar."""
     return {

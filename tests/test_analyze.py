@@ -2,21 +2,14 @@ import json
 
 import pytest
 import yaml
-from conftest import tiny_recipe, train_cli
+from conftest import first_step, tiny_recipe, train_cli
 
 from sparsegrain import cli
 from sparsegrain.analysis.storage import BitWidths, layer_storage
 from sparsegrain.checkpoint import load_tensors
 
 RECIPE = tiny_recipe(
-    {
-        "method": "campfire",
-        "structure": "kernel",
-        "target": 0.5,
-        "start": 0,
-        "end": 0.5,
-        "frequency": 1,
-    },
+    first_step("kernel"),
     epochs=1,
     seed=0,
     train_size=128,

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import assert_same_files, tiny_recipe
+from conftest import assert_same_files, first_step, tiny_recipe
 from conftest import train_cli as train
 from torch import nn
 from torch.nn.utils import parametrize
@@ -41,16 +41,7 @@ def resnet(seed=0):
 
 
 def campfire(**kw):
-    # Masks set at the first step (epoch 0.5 = end) and frozen; first conv and fc stay dense.
-    cfg = {
-        "method": "campfire",
-        "structure": "filter",
-        "target": 0.5,
-        "start": 0,
-        "end": 0.5,
-        "frequency": 1,
-    }
-    return {**cfg, **kw}
+    return first_step(**kw)  # first conv and fc stay dense
 
 
 def batches(n, seed=1):

@@ -3,6 +3,7 @@ score, exact compaction of residual streams, and the notes and errors a user see
 
 import pytest
 import torch
+from conftest import first_step
 from torch import nn
 
 import sparsegrain
@@ -31,17 +32,8 @@ def resnet(seed=0):
 
 
 def campfire(**kw):
-    cfg = {
-        "method": "campfire",
-        "structure": "filter",
-        "target": 0.5,
-        "start": 0,
-        "end": 0.5,
-        "frequency": 1,
-        "exclude": ["fc"],  # the stem conv writes stage 1's stream: prune it too
-        "couple": True,
-    }
-    return {**cfg, **kw}
+    # the stem conv writes stage 1's stream: prune it too
+    return first_step(**{"exclude": ["fc"], "couple": True, **kw})
 
 
 def x12():

@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 import yaml
-from conftest import tiny_recipe, train_cli
+from conftest import first_step, tiny_recipe, train_cli
 
 import sparsegrain
 from sparsegrain import cli
@@ -23,14 +23,7 @@ HAS_COMPRESSED = importlib.util.find_spec("sparsegrain.compressed") is not None
 needs_ort = pytest.mark.skipif(not HAS_ORT, reason="onnx/onnxruntime not installed (onnx extra)")
 
 RECIPE = tiny_recipe(
-    {
-        "method": "campfire",
-        "structure": "filter",
-        "target": 0.5,
-        "start": 0,
-        "end": 0.5,
-        "frequency": 1,
-    },
+    first_step(),
     epochs=1,
     seed=0,
     train_size=128,

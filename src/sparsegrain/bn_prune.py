@@ -33,6 +33,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 
 from . import masking
+from .compact.graph import untraced_note
 from .masking import Layer, Norm
 
 NOTE = "BN not masked: "
@@ -112,8 +113,7 @@ def attach_norms(layers: Sequence[Layer], model: nn.Module, prune_bn: bool | Non
     try:
         found, refused = find_norms(model, [layer.name for layer in layers])
     except Exception as e:  # noqa: BLE001 (fx raises many kinds; any of them means "not traced")
-        reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
-        note = f"{NOTE}torch.fx cannot trace the model ({type(e).__name__}: {reason})"
+        note = untraced_note(NOTE, e)
         for layer in layers:
             layer.norm_note = note
         return note

@@ -45,7 +45,13 @@ import torch
 from torch import Tensor, fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .compact.graph import CONST_POOLS, POINTWISE_FUNCTIONS, POINTWISE_METHODS, POINTWISE_MODULES
+from .compact.graph import (
+    CONST_POOLS,
+    POINTWISE_FUNCTIONS,
+    POINTWISE_METHODS,
+    POINTWISE_MODULES,
+    untraced_note,
+)
 from .masking import LAYER_TYPES, Layer
 from .structures import get_score, group_scores, keep_count, select_top, shape_4d
 
@@ -162,8 +168,7 @@ def assign(layers: Sequence[Layer], model: nn.Module, enabled: bool) -> str:
     try:
         sets = find_sets(model)
     except Exception as e:  # noqa: BLE001 (fx raises many kinds; any of them means "not traced")
-        reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
-        note = f"{NOTE}torch.fx cannot trace the model ({type(e).__name__}: {reason})"
+        note = untraced_note(NOTE, e)
         for layer in pruned:
             layer.couple_note = note
         return note

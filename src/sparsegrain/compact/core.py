@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..summary import format_table
-from .graph import CONVS, NORMS, trace_channels
+from .graph import CONVS, NORMS, trace_channels, untraced_note
 from .plan import LayerChannels, plan_compaction
 from .rebuild import apply_folds, shrink_
 
@@ -132,8 +132,7 @@ def compact(model: nn.Module, example_input, *, tolerance: float = 1e-4) -> Comp
     try:
         flow = trace_channels(work, example_input)
     except Exception as e:  # noqa: BLE001 (fx raises many kinds; any of them means "not traced")
-        reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
-        note = f"not compacted: torch.fx cannot trace the model ({type(e).__name__}: {reason})"
+        note = untraced_note("not compacted: ", e)
         sizes = _sizes(work)
         notes = {n: [note] for n in sizes}
         return CompactResult(

@@ -127,6 +127,12 @@ class ChannelFlow:
         return int(_meta(node).shape[1])
 
 
+def untraced_note(prefix: str, error: Exception) -> str:
+    """One line for a model ``torch.fx`` could not trace: ``prefix`` + the error's first line."""
+    reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
+    return f"{prefix}torch.fx cannot trace the model ({type(error).__name__}: {reason})"
+
+
 def _meta(node) -> TensorMetadata | None:
     meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
     return meta if isinstance(meta, TensorMetadata) else None
