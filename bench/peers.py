@@ -459,6 +459,48 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(rows)
 
 
+def verdict(results: dict[str, dict]) -> str:
+    """The bar of the quality table, per structure and target where a peer ran: the peer's mean
+    top-1 against sparsegrain's best mean at the same structure and target, and the seed spread
+    (the wider min-max range over seeds of the two). A peer is ahead when its mean beats
+    sparsegrain's best by more than that spread; with one seed each the spread is unknown."""
+    peer_methods = {p.method for p in PEERS.values()}
+    groups: dict[tuple, dict[str, list[float]]] = {}
+    for r in results.values():
+        key = (r["structure"], round(r["target"], 2))
+        groups.setdefault(key, {}).setdefault(r["method"], []).append(r["top1"])
+    rows = [
+        "| structure | target | sparsegrain's best | peer | peer - best | seed spread | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (structure, target), methods in sorted(
+        groups.items(), key=lambda kv: (-kv[0][1], kv[0][0])
+    ):
+        ours = {m: v for m, v in methods.items() if m not in peer_methods and m != "dense"}
+        if not ours:
+            continue
+        best = max(ours, key=lambda m: statistics.mean(ours[m]))
+        for peer in sorted(m for m in methods if m in peer_methods):
+            a, b = methods[peer], ours[best]
+            diff = statistics.mean(a) - statistics.mean(b)
+            spread = max(max(a) - min(a), max(b) - min(b))
+            if diff <= 0:
+                word = "sparsegrain ahead"
+            elif min(len(a), len(b)) < 2:
+                word = "peer ahead, one seed: spread unknown"
+            elif diff <= spread:
+                word = "peer ahead within the seed spread"
+            else:
+                word = "**peer ahead beyond the seed spread**"
+            spread_s = f"{spread:.2f}" if min(len(a), len(b)) > 1 else "-"
+            rows.append(
+                f"| {structure} | {target:.2f} | {best} {statistics.mean(b):.2f} "
+                f"(n={len(b)}) | {peer} {statistics.mean(a):.2f} (n={len(a)}) | "
+                f"{diff:+.2f} | {spread_s} | {word} |"
+            )
+    return "\n".join(rows)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--peers", default=",".join(DEFAULT_PEERS), help=f"from: {', '.join(PEERS)}")
@@ -515,6 +557,8 @@ def main() -> None:
             continue
         shown.update(json.loads(path.read_text()))
     print(table(shown))
+    print()
+    print(verdict(shown))
 
 
 if __name__ == "__main__":
