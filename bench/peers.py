@@ -7,7 +7,10 @@ Reproduce (reference budget, about 17 minutes a run alone on 2 cores; 7 runs per
 
 ``--quick`` runs the quick budget instead (20k-image subset, 4 epochs, pruning window scaled to
 the shorter run, as ``bench/grid.py --quick``). Finished runs are reused (``--table-only`` only
-rebuilds the table from ``--results``); an interrupted run starts again from scratch.
+rebuilds the table from ``--results``); an interrupted run goes on from its last finished epoch
+(``checkpoint.safetensors``: weights and masks, optimizer, RNG, step count and ramp; the data
+order of an epoch is a function of the seed and the epoch, so it continues as if never stopped),
+unless its recipe changed, in which case it starts again.
 
 The peers, each in its own small loop (they cannot use sparsegrain's handle):
 
@@ -69,7 +72,14 @@ from torch.ao.pruning import CubicSL, WeightNormSparsifier
 from torch.nn.utils import parametrize, prune
 
 from sparsegrain import runfiles
-from sparsegrain.checkpoint import atomic_write_text, save_tensors
+from sparsegrain.checkpoint import (
+    atomic_write_text,
+    load_tensors,
+    optimizer_from_flat,
+    optimizer_to_flat,
+    save_tensors,
+    split_prefix,
+)
 from sparsegrain.data import build_data
 from sparsegrain.errors import ConfigError
 from sparsegrain.masking import candidate_layers, default_exclude
@@ -178,6 +188,11 @@ class AoPeer:
         if self.ramp.due(steps):
             self.sparsifier.step()
 
+    def resume(self, steps: int) -> None:
+        """After the masks were loaded: CubicSL's level at ``steps`` (it counts its calls)."""
+        for _ in range(steps):
+            self.scheduler.step()
+
     def finish(self) -> None:
         self.sparsifier.squash_mask()
 
@@ -189,6 +204,9 @@ class PrunePeer:
         self.layers, self.target, self.ramp = layers, target, ramp
         self.params = [(m, "weight") for m in layers.values()]
         self.total = sum(m.weight.numel() for m in layers.values())
+
+    def resume(self, steps: int) -> None:
+        """Nothing to replay: the next update counts the pruned weights of the loaded masks."""
 
     def step(self, steps: int) -> None:
         if not self.ramp.due(steps):
@@ -280,9 +298,17 @@ def train_peer(name: str, peer: Peer, recipe, out: Path, threads: int | None) ->
     pruner = (AoPeer if peer.kind == "ao" else PrunePeer)(peer, model, layers, sp.target, ramp)
     criterion = nn.CrossEntropyLoss(label_smoothing=tr.label_smoothing)
     out.mkdir(parents=True, exist_ok=True)
-    runfiles.write_recipe(out, recipe)
-    history, wall, steps = [], 0.0, 0
-    for epoch in range(tr.epochs):
+    history, wall, steps, first = [], 0.0, 0, 0
+    ckpt, old = out / runfiles.CHECKPOINT, out / "recipe.yaml"
+    if ckpt.is_file() and old.is_file() and old.read_text() == recipe.dump():
+        first, steps, history, wall = load_checkpoint(out, model, optimizer, layers, ramp)
+        pruner.resume(steps)
+        print(f"{name}: resumed after epoch {first} (step {steps})", flush=True)
+    else:
+        if ckpt.is_file():
+            print(f"{name}: recipe changed since {ckpt} was written; starting again", flush=True)
+        runfiles.write_recipe(out, recipe)
+    for epoch in range(first, tr.epochs):
         t0 = time.perf_counter()
         model.train()
         data.train.set_epoch(epoch)
@@ -319,11 +345,57 @@ def train_peer(name: str, peer: Peer, recipe, out: Path, threads: int | None) ->
         wall += row["time"]
         history.append(row)
         runfiles.write_metrics(out, history)
+        save_checkpoint(out, model, optimizer, ramp, epoch + 1, steps, history, wall)
         print(f"{name}: epoch {epoch + 1}/{tr.epochs} " + _brief(row), flush=True)
     pruner.finish()
     assert not any(parametrize.is_parametrized(m) or prune.is_pruned(m) for m in layers.values())
     final = evaluate(model, data.test, tr.channels_last)
     return finish(out, recipe, model, layers, peer, final, history, wall)
+
+
+def save_checkpoint(out, model, optimizer, ramp, epoch, steps, history, wall) -> None:
+    """Everything a peer run needs to go on after ``epoch``, in one file written atomically."""
+    opt_t, opt_rest = optimizer_to_flat(optimizer.state_dict())
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"optim.{k}": v for k, v in opt_t.items()})
+    for name, m in model.named_modules():  # torch.ao's masks stay out of state_dict()
+        if parametrize.is_parametrized(m, "weight"):
+            tensors[f"ao_mask.{name}"] = m.parametrizations.weight[0].mask
+    tensors["rng.torch"] = torch.get_rng_state()
+    meta = {
+        "format": "sparsegrain-peer-checkpoint",
+        "epoch": epoch,
+        "steps": steps,
+        "ramp": {"updates": ramp.updates, "frozen": ramp.frozen},
+        "wall": wall,
+        "history": history,
+        "optim": opt_rest,
+    }
+    save_tensors(out / runfiles.CHECKPOINT, tensors, meta)
+
+
+def load_checkpoint(out, model, optimizer, layers, ramp) -> tuple[int, int, list[dict], float]:
+    """Inverse of ``save_checkpoint``: ``(epoch, steps, history, wall)``. Layers that
+    ``torch.nn.utils.prune`` had masked get its hook back first, so the names fit; torch.ao's
+    parametrizations are in place from ``prepare`` on, and their masks (which torch.ao leaves
+    out of ``state_dict()`` but wants back in ``load_state_dict``) are copied in by hand."""
+    tensors, meta = load_tensors(out / runfiles.CHECKPOINT, "checkpoint")
+    if meta.get("format") != "sparsegrain-peer-checkpoint":
+        raise ConfigError(f"{out / runfiles.CHECKPOINT}: not a checkpoint of bench/peers.py")
+    state = split_prefix(tensors, "model.")
+    for name, m in layers.items():
+        if f"{name}.weight_orig" in state and not prune.is_pruned(m):
+            install_hooks(m)
+    masks = split_prefix(tensors, "ao_mask.")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) != {f"{n}.parametrizations.weight.0.mask" for n in masks}:
+        raise ConfigError(f"{out / runfiles.CHECKPOINT}: does not fit this peer run's model")
+    for name, mask in masks.items():
+        model.get_submodule(name).parametrizations.weight[0].mask.copy_(mask)
+    optimizer.load_state_dict(optimizer_from_flat(split_prefix(tensors, "optim."), meta["optim"]))
+    torch.set_rng_state(tensors["rng.torch"])
+    ramp.updates, ramp.frozen = meta["ramp"]["updates"], meta["ramp"]["frozen"]
+    return meta["epoch"], meta["steps"], meta["history"], meta["wall"]
 
 
 def _brief(row: dict) -> str:

@@ -1,7 +1,15 @@
 """The bar of the quality benchmark: bench/peers.py's verdict per structure and target."""
 
+import json
 import sys
 from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import tiny_recipe
+
+from sparsegrain.checkpoint import load_tensors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import peers  # noqa: E402
@@ -12,6 +20,12 @@ PRUNE = peers.PEERS["prune-global"].method
 
 def run(method, structure, target, top1):
     return {"method": method, "structure": structure, "target": target, "top1": top1}
+
+
+def metrics(run):
+    """metrics.jsonl of a run, less the epoch times."""
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in lines]
 
 
 def rows(results):
@@ -48,3 +62,47 @@ def test_seed_spread_is_the_wider_min_max_range_of_the_two():
                              "peer ahead within the seed spread"]  # fmt: skip
     beyond = rows(ours + [run(AO, "block:1x4", 0.9, t) for t in (92.9, 93.0)])  # mean 92.95
     assert beyond[0][4:] == ["+0.35", "0.20", "**peer ahead beyond the seed spread**"]
+
+
+@pytest.mark.parametrize("key", ["prune-global", "ao-block1x4"])
+def test_interrupted_peer_run_goes_on_as_if_never_stopped(tmp_path, monkeypatch, key):
+    sparsity = {"method": "campfire", "structure": "fine", "start": 0, "end": 1.5, "frequency": 1}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(sparsity, epochs=3, train_size=256)))
+    peer = peers.PEERS[key]
+    recipe = peers.build_recipe(path, peer, 0.5, 0, False, [])
+    whole = peers.train_peer("whole", peer, recipe, tmp_path / "whole", 1)
+
+    real_save = peers.save_checkpoint
+
+    def save_then_die(out, model, optimizer, ramp, epoch, *rest):
+        real_save(out, model, optimizer, ramp, epoch, *rest)
+        if epoch == 1:  # mid-ramp: the masks are partly pruned, the next updates still to come
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(peers, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        peers.train_peer("cut", peer, recipe, tmp_path / "cut", 1)
+    monkeypatch.setattr(peers, "save_checkpoint", real_save)
+    assert not (tmp_path / "cut" / "summary.json").exists()
+    cut = peers.train_peer("cut", peer, recipe, tmp_path / "cut", 1)
+
+    assert 0.4 < cut["sparsity"] <= 0.5
+    for key_ in ("top1", "test_loss", "sparsity", "params_nonzero"):
+        assert cut[key_] == whole[key_]
+    assert metrics(tmp_path / "cut") == metrics(tmp_path / "whole")
+    a, _ = load_tensors(tmp_path / "whole" / "model.safetensors")
+    b, _ = load_tensors(tmp_path / "cut" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_changed_recipe_starts_again(tmp_path, capsys):
+    sparsity = {"method": "campfire", "structure": "fine", "start": 0, "end": 0.5, "frequency": 1}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(sparsity, epochs=1)))
+    peer = peers.PEERS["prune-global"]
+    peers.train_peer("a", peer, peers.build_recipe(path, peer, 0.5, 0, False, []), tmp_path, 1)
+    again = peers.build_recipe(path, peer, 0.7, 0, False, [])
+    summary = peers.train_peer("a", peer, again, tmp_path, 1)
+    assert "recipe changed" in capsys.readouterr().out
+    assert summary["target"] == 0.7 and len(metrics(tmp_path)) == 1
