@@ -16,7 +16,10 @@ Timed, each for all layers together (median of ``--repeats`` after one warm-up):
   window, kernel-quota, combined, nm:2:4, block:4x4 at s = 0.7, nm at 0.5): scores, the
   per-domain selection and the mask expansion, i.e. the core of one Campfire mask update;
 - ``global_sparsities <structure>``: one threshold over the size-normalised group scores of all
-  layers (``scope: global``), for fine (one group per weight: the largest selection) and window;
+  layers (``scope: global``), for fine (one group per weight: the largest selection), window,
+  and ``kernel/fine`` (kernel on every other layer, fine on the rest: groups of 9 and of 1
+  elements, the mixed-size case, ranked through a band) beside the same ranking by a full sort
+  of every group (``full sort``); the two results are checked equal;
 - ``exact_quantile`` (the 0.9 quantile of all |w|, by selection; Feather's threshold), and the
   same number by ``torch.quantile`` (refuses more than 2**24 elements) and ``torch.sort`` plus
   interpolation (the naive way); the three values are checked equal.
@@ -38,7 +41,7 @@ from pathlib import Path
 import torch
 
 from sparsegrain.quantile import exact_quantile, quantile_rank
-from sparsegrain.structures import global_sparsities, parse_structure
+from sparsegrain.structures import global_sparsities, parse_structure, select
 from sparsegrain.summary import format_table
 
 WIDTHS = (16, 32, 60, 156)  # 0.27M, 1.07M, 3.76M, 25.4M weights
@@ -104,6 +107,22 @@ def time_case(w: int, repeats: int, q: float = 0.9) -> tuple[int, dict[str, floa
         out[f"global_sparsities {spec}"] = median_time(
             lambda group=group: global_sparsities(group, 0.7), repeats
         )
+    mixed = {
+        name: (t, "kernel" if i % 2 == 0 else "fine") for i, (name, t) in enumerate(layers.items())
+    }
+    band = global_sparsities(mixed, 0.7)
+    out["global_sparsities kernel/fine"] = median_time(
+        lambda: global_sparsities(mixed, 0.7), repeats
+    )
+    sample, select.BAND_SAMPLE = select.BAND_SAMPLE, 1 << 62  # no band: sort every group
+    try:
+        if global_sparsities(mixed, 0.7) != band:
+            raise SystemExit(f"n={n}: global_sparsities by band != by full sort")
+        out["global_sparsities kernel/fine, full sort"] = median_time(
+            lambda: global_sparsities(mixed, 0.7), repeats
+        )
+    finally:
+        select.BAND_SAMPLE = sample
     x = torch.cat([t.reshape(-1) for t in layers.values()]).abs()
     ours = exact_quantile(x, q)
     if not torch.equal(ours, sort_quantile(x, q)):

@@ -773,3 +773,34 @@ def test_global_fine_by_selection_equals_the_sorted_ranking(sizes, s, seed):
     ref = _sorted_global(layers, s)
     for n, w in layers.items():  # a layer keeps at least one weight
         assert out[n] == min(ref[n], (w.numel() - 1) / w.numel())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    s=st.sampled_from([0.0, 0.1, 0.5, 0.7, 0.9, 0.99]),
+    seed=st.integers(0, 2**16),
+    ties=st.booleans(),
+    score=st.sampled_from(["l1", "l2"]),
+)
+def test_global_mixed_sizes_by_band_equals_the_full_sort(s, seed, ties, score):
+    """Groups of 9, 1 and 4 elements: the band path ranks exactly as sorting every group."""
+    from sparsegrain.structures import select
+
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"k3": ((32, 16, 3, 3), "kernel"), "k1": ((64, 32, 1, 1), "kernel")}
+    shapes["fc"] = ((16, 64), "block:1x4")
+    layers = {}
+    for name, (shape, structure) in shapes.items():
+        w = torch.randint(-3, 4, shape, generator=g).float() if ties else torch.randn(shape)
+        layers[name] = (w, structure)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(select, "BAND_SAMPLE", 1 << 30)
+        full = global_sparsities(layers, s, score=score)
+        taken = []
+        real = select._kept_in_band
+        mp.setattr(select, "BAND_SAMPLE", 256)  # 512 + 2048 + 256 groups > 4 * 256
+        mp.setattr(select, "_kept_in_band", lambda *a: taken.append(real(*a)) or taken[-1])
+        assert global_sparsities(layers, s, score=score) == full
+    assert len(taken) == 1
+    if not ties:
+        assert taken[0] is not None  # the band held the boundary: no fallback to the sort

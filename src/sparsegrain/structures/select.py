@@ -29,6 +29,9 @@ def group_scores(w: Tensor, structure: str | Structure, score: str | Score = "l1
     return score_groups(st.group_view(as_4d(w.detach())), score)
 
 
+BAND_SAMPLE = 1 << 16  # mixed group sizes, above 4x this many groups: rank a band, not all
+
+
 def _kept_count(n: int, e: float, budget: float) -> int:
     """How many of ``n`` groups of ``e`` elements the ranking keeps: the largest ``k <= n`` with
     ``k * e - e / 2 < budget`` (the sort path's test, in the same float64 arithmetic)."""
@@ -89,16 +92,65 @@ def global_sparsities(
         top = select_top(value.reshape(1, -1), _kept_count(len(value), e, budget)).reshape(-1)
         kept = [e * int(torch.count_nonzero(part)) for part in top.split(counts)]
     else:
-        f64 = {"dtype": torch.float64, "device": device}
-        size = torch.cat([torch.full((c,), e, **f64) for c, e in zip(counts, elems)])
-        owner = torch.cat([torch.full((c,), i, device=device) for i, c in enumerate(counts)])
-        order = torch.sort(value, descending=True, stable=True).indices
-        size, owner = size[order], owner[order]
-        on = (torch.cumsum(size, 0) - size / 2) < budget
-        sums = torch.zeros(len(layers), dtype=torch.float64, device=device)
-        kept = sums.index_add_(0, owner[on], size[on]).tolist()
+        kept = None
+        if len(value) > 4 * BAND_SAMPLE and not value.isnan().any():
+            kept = _kept_in_band(value, counts, elems, budget)
+        if kept is None:
+            f64 = {"dtype": torch.float64, "device": device}
+            size = torch.cat([torch.full((c,), e, **f64) for c, e in zip(counts, elems)])
+            owner = torch.cat([torch.full((c,), i, device=device) for i, c in enumerate(counts)])
+            order = torch.sort(value, descending=True, stable=True).indices
+            size, owner = size[order], owner[order]
+            on = (torch.cumsum(size, 0) - size / 2) < budget
+            sums = torch.zeros(len(layers), dtype=torch.float64, device=device)
+            kept = sums.index_add_(0, owner[on], size[on]).tolist()
     out = {}
     for (name, (w, _)), st, k in zip(layers.items(), structs, kept):
         n = w.numel()
         out[name] = min((n - k) / n, st.max_sparsity(w.shape))
     return out
+
+
+def _kept_in_band(
+    value: Tensor, counts: list[int], elems: list[float], budget: float
+) -> list[float] | None:
+    """Elements kept per layer under ``global_sparsities``' ranking (layer ``i``: ``counts[i]``
+    groups of ``elems[i]`` elements), without sorting every group: a random sample locates the
+    budget's boundary, every group above a band around it is kept, every group below is not,
+    and only the band is sorted (stable, so ties go to the earlier group as in the full sort).
+    The ranking is the full sort's exactly; ``None`` when the boundary falls outside the band
+    (a sample far off; the caller then sorts everything)."""
+    device = value.device
+    ends = torch.tensor(counts, device=device).cumsum(0)
+    size_of = torch.tensor(elems, dtype=torch.float64, device=device)
+    g = torch.Generator().manual_seed(0)
+    pick = torch.randint(len(value), (BAND_SAMPLE,), generator=g).to(device)
+    sample = value[pick]
+    order = torch.sort(sample, descending=True).indices
+    weight = size_of[torch.bucketize(pick, ends, right=True)][order]
+    total = float(sum(c * e for c, e in zip(counts, elems)))
+    at = int(torch.searchsorted(weight.cumsum(0) * (total / float(weight.sum())), budget))
+    margin = 4 * int(BAND_SAMPLE**0.5)  # ~4 standard deviations of the sample's position
+    ranked = sample[order]
+    above = (
+        value > ranked[at - margin]
+        if at - margin >= 0
+        else torch.zeros_like(value, dtype=torch.bool)
+    )
+    band = ~above
+    if at + margin < BAND_SAMPLE:
+        band &= value >= ranked[at + margin]
+    kept = [e * int(torch.count_nonzero(part)) for part, e in zip(above.split(counts), elems)]
+    where = band.nonzero().squeeze(1)  # ascending: the stable sort below keeps index order
+    order = torch.sort(value[where], descending=True, stable=True).indices
+    owner = torch.bucketize(where[order], ends, right=True)
+    size = size_of[owner]
+    w_above = float(sum(kept))
+    if not w_above <= budget <= w_above + float(size.sum()):
+        return None
+    # Every group above the band is kept (its running count is at most w_above); the running
+    # count minus half the size grows along the ranking, so none below the band is.
+    on = (w_above + size.cumsum(0) - size / 2) < budget
+    extra = torch.zeros(len(counts), dtype=torch.float64, device=device)
+    extra.index_add_(0, owner[on], size[on])
+    return [k + x for k, x in zip(kept, extra.tolist())]
