@@ -84,6 +84,7 @@ from sparsegrain.data import build_data
 from sparsegrain.errors import ConfigError
 from sparsegrain.masking import candidate_layers, default_exclude
 from sparsegrain.recipe import load_recipe
+from sparsegrain.report import method_label
 from sparsegrain.schedules import cubic_sparsity
 from sparsegrain.structures import parse_structure, verify
 from sparsegrain.summary import overall_sparsity
@@ -506,7 +507,7 @@ def table(results: dict[str, dict]) -> str:
     sparsity, wall time; sorted by target, then top-1."""
     groups: dict[tuple, list[dict]] = {}
     for r in results.values():
-        groups.setdefault((r["method"], r["structure"], round(r["target"], 4)), []).append(r)
+        groups.setdefault((method_label(r), r["structure"], round(r["target"], 4)), []).append(r)
     dense = [r["top1"] for (m, _, _), rs in groups.items() if m == "dense" for r in rs]
     base = statistics.mean(dense) if dense else None
     rows = [
@@ -540,7 +541,7 @@ def verdict(results: dict[str, dict]) -> str:
     groups: dict[tuple, dict[str, list[float]]] = {}
     for r in results.values():
         key = (r["structure"], round(r["target"], 2))
-        groups.setdefault(key, {}).setdefault(r["method"], []).append(r["top1"])
+        groups.setdefault(key, {}).setdefault(method_label(r), []).append(r["top1"])
     rows = [
         "| structure | target | sparsegrain's best | peer | peer - best | seed spread | verdict |",
         "|---|---|---|---|---|---|---|",

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from .checkpoint import atomic_write_text, load_tensors
+from .config import SparsityConfig
 from .errors import ConfigError
 from .methods import METHODS
 
@@ -48,6 +49,16 @@ def load_runs(dirs: list[str]) -> list[dict[str, Any]]:
     return runs
 
 
+DEFAULT_SCORE = SparsityConfig.score
+
+
+def method_label(summary: dict) -> str:
+    """A run's method for tables and plots, with its ranking score when not the default
+    (``campfire (l2)``), so runs that differ in it are not averaged together."""
+    score = summary.get("score", DEFAULT_SCORE)
+    return summary["method"] if score == DEFAULT_SCORE else f"{summary['method']} ({score})"
+
+
 def accuracy_series(runs) -> tuple[list[float], dict[str, list[tuple[float, float, float, float]]]]:
     """The quality plot's data: dense top-1s, and per ``method: structure`` one point per
     target, ``(mean achieved sparsity, mean top-1, min top-1, max top-1)`` over the runs of
@@ -59,7 +70,7 @@ def accuracy_series(runs) -> tuple[list[float], dict[str, list[tuple[float, floa
         if s["method"] == "dense":
             dense.append(s["top1"])
             continue
-        key = f"{s['method']}: {s['structure']}"
+        key = f"{method_label(s)}: {s['structure']}"
         groups.setdefault(key, {}).setdefault(round(s["target"], 4), []).append(s)
     series = {}
     for key, by_target in sorted(groups.items()):
@@ -85,7 +96,7 @@ def plot_accuracy(runs, path: Path) -> None:
         x = [p[0] for p in pts]
         y = [p[1] for p in pts]
         err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
-        own = key.split(":")[0] in METHODS  # other tools' runs (bench/peers.py): dashed, squares
+        own = key.split(":")[0].split(" (")[0] in METHODS  # others' (bench/peers.py): dashed
         style = {"marker": "o"} if own else {"marker": "s", "linestyle": "--"}
         ax.errorbar(x, y, yerr=err, capsize=3, label=key, **style)
     ax.set_xlabel("achieved sparsity (pruned layers)")

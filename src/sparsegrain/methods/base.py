@@ -27,6 +27,7 @@ class Method:
     freezes_mask = False  # the mask freezes at sparsity.end (train.lr_at_freeze applies there)
     regrows = False  # pruned weights can come back (so sparsity.prune_bn cannot be true)
     couples = True  # honours sparsity.couple (masks from ``handle.prune_to`` or ``couple.masks``)
+    ranks_by_score = False  # its masks keep the groups of highest sparsity.score (in summary.json)
 
     @dataclass
     class Params:
@@ -60,7 +61,7 @@ class Method:
 
     def summary_extra(self) -> dict[str, Any]:
         """Extra top-level keys (JSON-able) for the run's ``summary.json``."""
-        return {}
+        return {"score": self.handle.cfg.score} if self.ranks_by_score else {}
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -23,6 +23,7 @@ class Campfire(Method):
     name = "campfire"
     needs_end = True
     freezes_mask = True
+    ranks_by_score = True
 
     @dataclass
     class Params:
@@ -68,6 +69,7 @@ class OneShot(Method):
 
     name = "oneshot"
     needs_init = True
+    ranks_by_score = True
 
     def __init__(self, handle, params: dict[str, Any]):
         super().__init__(handle, params)
