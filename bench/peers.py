@@ -557,7 +557,9 @@ def verdict(results: dict[str, dict]) -> str:
             a, b = methods[peer], ours[best]
             diff = statistics.mean(a) - statistics.mean(b)
             spread = max(max(a) - min(a), max(b) - min(b))
-            if diff <= 0:
+            if abs(diff) < 0.005:  # top-1 is given to 0.01
+                word = "level"
+            elif diff < 0:
                 word = "sparsegrain ahead"
             elif min(len(a), len(b)) < 2:
                 word = "peer ahead, one seed: spread unknown"

@@ -139,9 +139,15 @@ def test_accuracy_series_groups_methods_structures_and_seeds():
         run("feather", "fine", 0.9, 0.90, 92.5),
         run("dense", "dense", 0.0, 0.0, 93.2),
     ]
+    l2 = run("campfire", "fine", 0.9, 0.90, 92.4)
+    l2["summary"]["score"] = "l2"  # another ranking: its own line, not a third seed
+    l1 = run("campfire", "fine", 0.5, 0.50, 93.5)
+    l1["summary"]["score"] = "l1"  # the default, as runs without the key
+    runs += [l2, l1]
     dense, series = accuracy_series(runs)
     assert dense == [93.0, 93.2]
-    assert list(series) == ["campfire: fine", "feather: fine"]
+    assert list(series) == ["campfire (l2): fine", "campfire: fine", "feather: fine"]
+    assert series["campfire (l2): fine"] == [(0.90, 92.4, 92.4, 92.4)]
     assert series["campfire: fine"] == [(0.50, 93.5, 93.5, 93.5), (0.89, 91.5, 91.0, 92.0)]
     assert series["feather: fine"] == [(0.90, 92.5, 92.5, 92.5)]
 

@@ -50,6 +50,17 @@ def test_peer_against_best_sparsegrain_method_of_same_structure_and_target():
     ]  # fmt: skip
 
 
+def test_a_non_default_score_is_its_own_configuration_and_can_be_level():
+    l2 = [run("campfire", "block:1x4", 0.9, t) | {"score": "l2"} for t in (92.7, 92.42)]
+    l1 = [run("campfire", "block:1x4", 0.9, t) | {"score": "l1"} for t in (92.55, 92.17)]
+    peer = [run(AO, "block:1x4", 0.9, t) for t in (92.7, 92.42)]
+    got = rows(l1 + l2 + peer)
+    assert got == [
+        ["block:1x4", "0.90", "campfire (l2) 92.56 (n=2)", f"{AO} 92.56 (n=2)", "+0.00", "0.28",
+         "level"],
+    ]  # fmt: skip
+
+
 def test_one_seed_ahead_is_not_judged():
     got = rows([run("campfire", "block:1x4", 0.9, 92.55), run(AO, "block:1x4", 0.9, 92.70)])
     assert got[0][4:] == ["+0.15", "-", "peer ahead, one seed: spread unknown"]

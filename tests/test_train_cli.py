@@ -41,6 +41,7 @@ def test_train_writes_the_run_directory(tmp_path, recipe_file, capsys):
     for key in ("top1", "top5", "epochs", "method", "structure", "sparsity", "layers", "wall_time"):
         assert key in summary
     assert summary["method"] == "campfire" and summary["structure"] == "kernel-quota"
+    assert summary["score"] == "l1"  # what the masks ranked groups by (the default)
     assert summary["epochs"] == 2
     pruned = [r for r in summary["layers"] if r["structure"] != "dense"]
     assert pruned and all(r["achieved"] == 0.5 for r in pruned)
@@ -93,7 +94,8 @@ def test_dense_then_oneshot_from_init(tmp_path, recipe_file):
         )
         == 0
     )
-    assert json.loads((dense / "summary.json").read_text())["sparsity"] == 0.0
+    summary = json.loads((dense / "summary.json").read_text())
+    assert summary["sparsity"] == 0.0 and "score" not in summary  # nothing ranked
     one = tmp_path / "one"
     assert (
         train(
@@ -106,11 +108,14 @@ def test_dense_then_oneshot_from_init(tmp_path, recipe_file):
             "--set",
             "sparsity.method=oneshot",
             "--set",
+            "sparsity.score=l2",
+            "--set",
             "train.epochs=1",
         )
         == 0
     )
-    assert json.loads((one / "summary.json").read_text())["sparsity"] == 0.5
+    summary = json.loads((one / "summary.json").read_text())
+    assert summary["sparsity"] == 0.5 and summary["score"] == "l2"
 
 
 @pytest.mark.parametrize(
