@@ -143,13 +143,22 @@ def test_accuracy_series_groups_methods_structures_and_seeds():
     l2["summary"]["score"] = "l2"  # another ranking: its own line, not a third seed
     l1 = run("campfire", "fine", 0.5, 0.50, 93.5)
     l1["summary"]["score"] = "l1"  # the default, as runs without the key
-    runs += [l2, l1]
+    glob = run("campfire", "fine", 0.9, 0.90, 92.8)
+    glob["summary"].update(scope="global", score="l2")  # one threshold: another configuration
+    layer = run("campfire", "fine", 0.5, 0.50, 93.5)
+    layer["summary"]["scope"] = "layer"  # Campfire's default, as runs without the key
+    feather = run("feather", "fine", 0.9, 0.90, 92.5)
+    feather["summary"]["scope"] = "global"  # Feather's default: no label
+    runs += [l2, l1, glob, layer, feather]
     dense, series = accuracy_series(runs)
     assert dense == [93.0, 93.2]
-    assert list(series) == ["campfire (l2): fine", "campfire: fine", "feather: fine"]
+    assert list(series) == [
+        "campfire (global, l2): fine", "campfire (l2): fine", "campfire: fine", "feather: fine"
+    ]  # fmt: skip
+    assert series["campfire (global, l2): fine"] == [(0.90, 92.8, 92.8, 92.8)]
     assert series["campfire (l2): fine"] == [(0.90, 92.4, 92.4, 92.4)]
     assert series["campfire: fine"] == [(0.50, 93.5, 93.5, 93.5), (0.89, 91.5, 91.0, 92.0)]
-    assert series["feather: fine"] == [(0.90, 92.5, 92.5, 92.5)]
+    assert series["feather: fine"] == [(0.90, 92.5, 92.5, 92.5)]  # two runs of 92.5
 
 
 def test_mask_picture_layout():

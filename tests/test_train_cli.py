@@ -42,6 +42,7 @@ def test_train_writes_the_run_directory(tmp_path, recipe_file, capsys):
         assert key in summary
     assert summary["method"] == "campfire" and summary["structure"] == "kernel-quota"
     assert summary["score"] == "l1"  # what the masks ranked groups by (the default)
+    assert summary["scope"] == "layer"  # a threshold per layer (Campfire's default)
     assert summary["epochs"] == 2
     pruned = [r for r in summary["layers"] if r["structure"] != "dense"]
     assert pruned and all(r["achieved"] == 0.5 for r in pruned)
@@ -95,7 +96,7 @@ def test_dense_then_oneshot_from_init(tmp_path, recipe_file):
         == 0
     )
     summary = json.loads((dense / "summary.json").read_text())
-    assert summary["sparsity"] == 0.0 and "score" not in summary  # nothing ranked
+    assert summary["sparsity"] == 0.0 and "score" not in summary and "scope" not in summary
     one = tmp_path / "one"
     assert (
         train(

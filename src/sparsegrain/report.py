@@ -53,10 +53,20 @@ DEFAULT_SCORE = SparsityConfig.score
 
 
 def method_label(summary: dict) -> str:
-    """A run's method for tables and plots, with its ranking score when not the default
-    (``campfire (l2)``), so runs that differ in it are not averaged together."""
-    score = summary.get("score", DEFAULT_SCORE)
-    return summary["method"] if score == DEFAULT_SCORE else f"{summary['method']} ({score})"
+    """A run's method for tables and plots, with the settings that make it another
+    configuration when they are not the method's default: its scope (``campfire (global)``) and
+    its ranking score (``campfire (l2)``), so such runs are not averaged together."""
+    method = summary["method"]
+    extra = []
+    if method in METHODS and summary.get("scope") not in (None, _default_scope(method)):
+        extra.append(summary["scope"])
+    if summary.get("score", DEFAULT_SCORE) != DEFAULT_SCORE:
+        extra.append(summary["score"])
+    return f"{method} ({', '.join(extra)})" if extra else method
+
+
+def _default_scope(method: str) -> str:
+    return getattr(METHODS.get(method), "default_scope", "layer")
 
 
 def accuracy_series(runs) -> tuple[list[float], dict[str, list[tuple[float, float, float, float]]]]:

@@ -185,6 +185,8 @@ def finish(
         structure="dense" if dense else recipe.sparsity.structure,
         target=0.0 if dense else recipe.sparsity.target,
     )
+    if not dense:
+        summary["scope"] = recipe.sparsity.scope  # one threshold over all layers, or per layer
     summary.update(sp.method.summary_extra())
     summary.update(extra or {})
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
