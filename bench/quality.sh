@@ -14,8 +14,9 @@
 # sparsegrain's side (bench/grid.py, results bench/results/quality.json): gradual magnitude
 # pruning on Campfire's schedule (the window recipe of the same target: dense for epoch 1, cubic
 # ramp to epoch 6, masks frozen after) with Mao et al.'s structures fine, vector, kernel, filter
-# and with the peers' structures block:1x4 (blocks ranked by L1, the default, and by L2 as
-# torch.ao ranks them) and nm:2:4; Feather (fine, one global threshold) at
+# (fine also with one threshold over all layers, `scope: global`, as torch.nn.utils.prune's
+# global pruning) and with the peers' structures block:1x4 (blocks ranked by L1, the default,
+# and by L2 as torch.ao ranks them) and nm:2:4; Feather (fine, one global threshold) at
 # 0.5 and 0.7 (0.9 is its own recipe); StructADMM filter, channel, shape at 0.7 and 0.9, from
 # the dense run (trained first if missing). Dense, Campfire's structures, Feather 0.9 and ADMM
 # 0.5 come from bench/results/campfire_fmnist.json and feather_admm.json (see BENCHMARKS.md).
@@ -56,6 +57,8 @@ for seed in $SEEDS; do
     done
     lane "${G[@]}" --tag "_block1x4_l2$s" --set train.seed="$seed" --set sparsity.score=l2 \
       --set sparsity.structure=block:1x4 --set sparsity.fallback=error "$R"
+    lane "${G[@]}" --tag "_fine_global$s" --set train.seed="$seed" --set sparsity.scope=global \
+      --set sparsity.structure=fine --set sparsity.fallback=error "$R"
     if [ "$pct" != 90 ] || [ "$seed" != 0 ]; then
       lane "${G[@]}" --tag "_at$pct$s" --set train.seed="$seed" --set sparsity.target="$t" \
         recipes/resnet20_fmnist_feather_90.yaml
