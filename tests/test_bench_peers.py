@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import tiny_recipe
+from conftest import tiny_recipe, train_cli
 
 from sparsegrain.checkpoint import load_tensors
 
@@ -117,3 +117,23 @@ def test_a_changed_recipe_starts_again(tmp_path, capsys):
     summary = peers.train_peer("a", peer, again, tmp_path, 1)
     assert "recipe changed" in capsys.readouterr().out
     assert summary["target"] == 0.7 and len(metrics(tmp_path)) == 1
+
+
+def test_block_pruning_ranked_by_l2_is_torch_ao_bit_for_bit(tmp_path):
+    """sparsegrain's gradual block:1x4 pruning with ``score: l2`` and torch.ao's
+    WeightNormSparsifier + CubicSL on the same loop: the same masks and the same weights."""
+    sparsity = {"method": "campfire", "structure": "block:1x4", "target": 0.75, "start": 0.5}
+    sparsity |= {"end": 1.5, "frequency": 2, "score": "l2", "fallback": "error"}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(sparsity, epochs=2, train_size=256)))
+    assert train_cli("--recipe", path, "--out", tmp_path / "ours") == 0
+    peer = peers.PEERS["ao-block1x4"]
+    recipe = peers.build_recipe(path, peer, 0.75, 0, False, [])
+    theirs = peers.train_peer("ao", peer, recipe, tmp_path / "ao", 1)
+    ours = json.loads((tmp_path / "ours" / "summary.json").read_text())
+    assert ours["sparsity"] == theirs["sparsity"] == 0.75
+    for name in ("masks.safetensors", "model.safetensors"):
+        a, _ = load_tensors(tmp_path / "ours" / name)
+        b, _ = load_tensors(tmp_path / "ao" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert metrics(tmp_path / "ours") == metrics(tmp_path / "ao")
