@@ -137,3 +137,26 @@ def test_block_pruning_ranked_by_l2_is_torch_ao_bit_for_bit(tmp_path):
         b, _ = load_tensors(tmp_path / "ao" / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     assert metrics(tmp_path / "ours") == metrics(tmp_path / "ao")
+
+
+def test_global_fine_pruning_is_torch_nn_utils_prune_bit_for_bit(tmp_path):
+    """sparsegrain's gradual fine pruning with ``scope: global`` and torch.nn.utils.prune's
+    global_unstructured (L1) applied at the same steps: the same masks and the same weights."""
+    sparsity = {"method": "campfire", "structure": "fine", "target": 0.8, "start": 0.5}
+    sparsity |= {"end": 1.5, "frequency": 2, "scope": "global", "fallback": "error"}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(sparsity, epochs=2, train_size=256)))
+    assert train_cli("--recipe", path, "--out", tmp_path / "ours") == 0
+    peer = peers.PEERS["prune-global"]
+    recipe = peers.build_recipe(path, peer, 0.8, 0, False, [])
+    theirs = peers.train_peer("prune", peer, recipe, tmp_path / "prune", 1)
+    ours = json.loads((tmp_path / "ours" / "summary.json").read_text())
+    assert (
+        ours["sparsity"] == theirs["sparsity"]
+        and ours["params_nonzero"] == theirs["params_nonzero"]
+    )
+    for name in ("masks.safetensors", "model.safetensors"):
+        a, _ = load_tensors(tmp_path / "ours" / name)
+        b, _ = load_tensors(tmp_path / "prune" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert metrics(tmp_path / "ours") == metrics(tmp_path / "prune")
