@@ -102,13 +102,15 @@ def plot_accuracy(runs, path: Path) -> None:
     if dense:
         mean = sum(dense) / len(dense)
         ax.axhline(mean, color="grey", ls="--", lw=1, label=f"dense ({len(dense)} run(s))")
-    for key, pts in series.items():
+    colors = plt.get_cmap("tab10" if len(series) <= 10 else "tab20").colors  # one per line
+    for i, (key, pts) in enumerate(series.items()):
         x = [p[0] for p in pts]
         y = [p[1] for p in pts]
         err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
         own = key.split(":")[0].split(" (")[0] in METHODS  # others' (bench/peers.py): dashed
         style = {"marker": "o"} if own else {"marker": "s", "linestyle": "--"}
-        ax.errorbar(x, y, yerr=err, capsize=3, label=key, **style)
+        color = colors[i % len(colors)]
+        ax.errorbar(x, y, yerr=err, capsize=3, label=key, color=color, **style)
     ax.set_xlabel("achieved sparsity (pruned layers)")
     ax.set_ylabel("top-1 (%)")
     ax.set_title("accuracy vs sparsity per method and structure")
