@@ -83,8 +83,10 @@ def global_sparsities(
         structs.append(st)
     counts = [len(v) for v in values]
     value = torch.cat(values)
-    budget = (1.0 - s) * float(sum(c * e for c, e in zip(counts, elems)))
-    if len(set(elems)) == 1 and not value.isnan().any():
+    total = float(sum(c * e for c, e in zip(counts, elems)))
+    budget = (1.0 - s) * total
+    selectable = not value.isnan().any()  # NaN scores: only the sort ranks them (first)
+    if len(set(elems)) == 1 and selectable:
         # One group size (fine everywhere, say): the k-th group of the ranking is kept iff
         # k*e - e/2 < budget, so the kept groups are the top `kept` values, found by selection
         # (``select_top``) instead of sorting every group of every layer.
@@ -93,8 +95,8 @@ def global_sparsities(
         kept = [e * int(torch.count_nonzero(part)) for part in top.split(counts)]
     else:
         kept = None
-        if len(value) > 4 * BAND_SAMPLE and not value.isnan().any():
-            kept = _kept_in_band(value, counts, elems, budget)
+        if len(value) > 4 * BAND_SAMPLE and selectable:
+            kept = _kept_in_band(value, counts, elems, total, budget)
         if kept is None:
             f64 = {"dtype": torch.float64, "device": device}
             size = torch.cat([torch.full((c,), e, **f64) for c, e in zip(counts, elems)])
@@ -112,12 +114,13 @@ def global_sparsities(
 
 
 def _kept_in_band(
-    value: Tensor, counts: list[int], elems: list[float], budget: float
+    value: Tensor, counts: list[int], elems: list[float], total: float, budget: float
 ) -> list[float] | None:
     """Elements kept per layer under ``global_sparsities``' ranking (layer ``i``: ``counts[i]``
-    groups of ``elems[i]`` elements), without sorting every group: a random sample locates the
-    budget's boundary, every group above a band around it is kept, every group below is not,
-    and only the band is sorted (stable, so ties go to the earlier group as in the full sort).
+    groups of ``elems[i]`` elements, ``total`` in all), without sorting every group: a random
+    sample locates the budget's boundary, every group above a band around it is kept, every
+    group below is not, and only the band is sorted (stable, so ties go to the earlier group as
+    in the full sort).
     The ranking is the full sort's exactly; ``None`` when the boundary falls outside the band
     (a sample far off; the caller then sorts everything)."""
     device = value.device
@@ -128,7 +131,6 @@ def _kept_in_band(
     sample = value[pick]
     order = torch.sort(sample, descending=True).indices
     weight = size_of[torch.bucketize(pick, ends, right=True)][order]
-    total = float(sum(c * e for c, e in zip(counts, elems)))
     at = int(torch.searchsorted(weight.cumsum(0) * (total / float(weight.sum())), budget))
     margin = 4 * int(BAND_SAMPLE**0.5)  # ~4 standard deviations of the sample's position
     ranked = sample[order]
