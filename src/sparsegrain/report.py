@@ -80,7 +80,7 @@ def accuracy_series(runs) -> tuple[list[float], dict[str, list[tuple[float, floa
         if s["method"] == "dense":
             dense.append(s["top1"])
             continue
-        key = f"{method_label(s)}: {s['structure']}"
+        key = _series_key(s)
         groups.setdefault(key, {}).setdefault(round(s["target"], 4), []).append(s)
     series = {}
     for key, by_target in sorted(groups.items()):
@@ -93,12 +93,17 @@ def accuracy_series(runs) -> tuple[list[float], dict[str, list[tuple[float, floa
     return dense, series
 
 
+def _series_key(summary: dict) -> str:
+    return f"{method_label(summary)}: {summary['structure']}"
+
+
 def plot_accuracy(runs, path: Path) -> None:
     """Top-1 vs achieved sparsity, one line per method and structure; with several runs of a
     target (seeds) the point is their mean and the bar their min-max."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.5))
     dense, series = accuracy_series(runs)
+    own = {_series_key(r["summary"]) for r in runs if r["summary"]["method"] in METHODS}
     if dense:
         mean = sum(dense) / len(dense)
         ax.axhline(mean, color="grey", ls="--", lw=1, label=f"dense ({len(dense)} run(s))")
@@ -107,8 +112,8 @@ def plot_accuracy(runs, path: Path) -> None:
         x = [p[0] for p in pts]
         y = [p[1] for p in pts]
         err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
-        own = key.split(":")[0].split(" (")[0] in METHODS  # others' (bench/peers.py): dashed
-        style = {"marker": "o"} if own else {"marker": "s", "linestyle": "--"}
+        # sparsegrain's methods solid, others' (bench/peers.py) dashed
+        style = {"marker": "o"} if key in own else {"marker": "s", "linestyle": "--"}
         color = colors[i % len(colors)]
         ax.errorbar(x, y, yerr=err, capsize=3, label=key, color=color, **style)
     ax.set_xlabel("achieved sparsity (pruned layers)")
