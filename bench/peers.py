@@ -535,8 +535,8 @@ def table(results: dict[str, dict]) -> str:
 def verdict(results: dict[str, dict]) -> str:
     """The bar of the quality table, per structure and target where a peer ran: the peer's mean
     top-1 against sparsegrain's best mean at the same structure and target, and the seed spread
-    (the wider min-max range over seeds of the two). A peer is ahead when its mean beats
-    sparsegrain's best by more than that spread; with one seed each the spread is unknown."""
+    (the wider min-max range over seeds of the two). Either side is ahead beyond the spread, within
+    it, or on one seed (spread unknown); a peer ahead beyond it breaks the bar (bold)."""
     peer_methods = {p.method for p in PEERS.values()}
     groups: dict[tuple, dict[str, list[float]]] = {}
     for r in results.values():
@@ -557,16 +557,16 @@ def verdict(results: dict[str, dict]) -> str:
             a, b = methods[peer], ours[best]
             diff = statistics.mean(a) - statistics.mean(b)
             spread = max(max(a) - min(a), max(b) - min(b))
+            who = "peer" if diff > 0 else "sparsegrain"
             if abs(diff) < 0.005:  # top-1 is given to 0.01
                 word = "level"
-            elif diff < 0:
-                word = "sparsegrain ahead"
             elif min(len(a), len(b)) < 2:
-                word = "peer ahead, one seed: spread unknown"
-            elif diff <= spread:
-                word = "peer ahead within the seed spread"
+                word = f"{who} ahead, one seed: spread unknown"
+            elif abs(diff) <= spread:
+                word = f"{who} ahead within the seed spread"
             else:
-                word = "**peer ahead beyond the seed spread**"
+                word = f"{who} ahead beyond the seed spread"
+                word = f"**{word}**" if diff > 0 else word  # the bar is broken
             spread_s = f"{spread:.2f}" if min(len(a), len(b)) > 1 else "-"
             rows.append(
                 f"| {structure} | {target:.2f} | {best} {statistics.mean(b):.2f} "

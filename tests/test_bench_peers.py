@@ -46,7 +46,7 @@ def test_peer_against_best_sparsegrain_method_of_same_structure_and_target():
     )
     assert got == [
         ["fine", "0.90", "feather 93.10 (n=1)", f"{PRUNE} 92.90 (n=1)", "-0.20", "-",
-         "sparsegrain ahead"],
+         "sparsegrain ahead, one seed: spread unknown"],
     ]  # fmt: skip
 
 
@@ -73,6 +73,10 @@ def test_seed_spread_is_the_wider_min_max_range_of_the_two():
                              "peer ahead within the seed spread"]  # fmt: skip
     beyond = rows(ours + [run(AO, "block:1x4", 0.9, t) for t in (92.9, 93.0)])  # mean 92.95
     assert beyond[0][4:] == ["+0.35", "0.20", "**peer ahead beyond the seed spread**"]
+    behind = rows(ours + [run(AO, "block:1x4", 0.9, t) for t in (92.4, 92.5)])  # mean 92.45
+    assert behind[0][4:] == ["-0.15", "0.20", "sparsegrain ahead within the seed spread"]
+    far = rows(ours + [run(AO, "block:1x4", 0.9, t) for t in (92.1, 92.2)])  # mean 92.15
+    assert far[0][4:] == ["-0.45", "0.20", "sparsegrain ahead beyond the seed spread"]
 
 
 @pytest.mark.parametrize("key", ["prune-global", "ao-block1x4"])
