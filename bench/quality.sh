@@ -3,7 +3,7 @@
 # budget (DESIGN.md section 7), sparsegrain's methods and PyTorch's own pruning tools at each
 # target sparsity; top-1 (mean and spread over seeds), achieved sparsity, wall time.
 #
-# Reproduce (about 13 minutes a run alone on 2 cores; two runs at a time, one thread each;
+# Reproduce (about 13 minutes a run alone on 2 cores, 25-30 with two at a time, one thread each;
 # finished runs are reused, so the command can be run again after a stop and targets or seeds
 # added later):
 #
