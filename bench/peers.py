@@ -558,16 +558,18 @@ def verdict(results: dict[str, dict]) -> str:
             diff = statistics.mean(a) - statistics.mean(b)
             spread = max(max(a) - min(a), max(b) - min(b))
             who = "peer" if diff > 0 else "sparsegrain"
+            seeded = min(len(a), len(b)) > 1
             if abs(diff) < 0.005:  # top-1 is given to 0.01
                 word = "level"
-            elif min(len(a), len(b)) < 2:
+            elif not seeded:
                 word = f"{who} ahead, one seed: spread unknown"
             elif abs(diff) <= spread:
                 word = f"{who} ahead within the seed spread"
+            elif diff < 0:
+                word = "sparsegrain ahead beyond the seed spread"
             else:
-                word = f"{who} ahead beyond the seed spread"
-                word = f"**{word}**" if diff > 0 else word  # the bar is broken
-            spread_s = f"{spread:.2f}" if min(len(a), len(b)) > 1 else "-"
+                word = "**peer ahead beyond the seed spread**"  # the bar is broken
+            spread_s = f"{spread:.2f}" if seeded else "-"
             rows.append(
                 f"| {structure} | {target:.2f} | {best} {statistics.mean(b):.2f} "
                 f"(n={len(b)}) | {peer} {statistics.mean(a):.2f} (n={len(a)}) | "
