@@ -33,10 +33,10 @@ import torch
 from torch import nn
 
 import sparsegrain
+from sparsegrain.core.quantile import exact_quantile, quantile_rank
+from sparsegrain.core.tables import format_table
 from sparsegrain.models import create_model
-from sparsegrain.quantile import exact_quantile, quantile_rank
-from sparsegrain.summary import format_table
-from sparsegrain.train import param_groups
+from sparsegrain.train.loop import param_groups
 
 MODELS = {
     "resnet20 w16 28px b128": ("resnet20", {"width": 16}, 1, 128),

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from sparsegrain.sweep import run_point
+from sparsegrain.train.sweep import run_point
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ["data.train_subset=20000", "train.epochs=4"]

@@ -58,9 +58,9 @@ from torch import nn
 from torch.nn.utils import prune
 
 import sparsegrain
+from sparsegrain.core.tables import format_table
 from sparsegrain.models import create_model
-from sparsegrain.summary import format_table
-from sparsegrain.train import param_groups
+from sparsegrain.train.loop import param_groups
 
 MODELS = {
     "resnet20": ("resnet20 w16 28px b128", "resnet20", {"width": 16}, 1, 128),

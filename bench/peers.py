@@ -71,8 +71,10 @@ from torch import nn
 from torch.ao.pruning import CubicSL, WeightNormSparsifier
 from torch.nn.utils import parametrize, prune
 
-from sparsegrain import runfiles
-from sparsegrain.checkpoint import (
+from sparsegrain.analysis.accuracy import evaluate
+from sparsegrain.analysis.report import method_label
+from sparsegrain.core.errors import ConfigError
+from sparsegrain.core.io import (
     atomic_write_text,
     load_tensors,
     optimizer_from_flat,
@@ -80,15 +82,15 @@ from sparsegrain.checkpoint import (
     save_tensors,
     split_prefix,
 )
-from sparsegrain.data import build_data
-from sparsegrain.errors import ConfigError
-from sparsegrain.masking import candidate_layers, default_exclude
-from sparsegrain.recipe import load_recipe
-from sparsegrain.report import method_label
-from sparsegrain.schedules import cubic_sparsity
+from sparsegrain.core.schedules import cubic_sparsity
+from sparsegrain.core.tables import overall_sparsity
+from sparsegrain.data.catalog import build_data
+from sparsegrain.recipe.build import build_model
+from sparsegrain.recipe.load import load_recipe
+from sparsegrain.runs import files as runfiles
+from sparsegrain.sparsity.masking import candidate_layers, default_exclude
 from sparsegrain.structures import parse_structure, verify
-from sparsegrain.summary import overall_sparsity
-from sparsegrain.train import build_model, build_optimizer, evaluate, lr_for
+from sparsegrain.train.loop import build_optimizer, lr_for
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "resnet20_fmnist_campfire_window_70.yaml"

@@ -40,9 +40,9 @@ from pathlib import Path
 
 import torch
 
-from sparsegrain.quantile import exact_quantile, quantile_rank
+from sparsegrain.core.quantile import exact_quantile, quantile_rank
+from sparsegrain.core.tables import format_table
 from sparsegrain.structures import global_sparsities, parse_structure, select
-from sparsegrain.summary import format_table
 
 WIDTHS = (16, 32, 60, 156)  # 0.27M, 1.07M, 3.76M, 25.4M weights
 QUICK_MAX = 1_100_000

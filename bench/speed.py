@@ -39,9 +39,9 @@ import torch
 from torch.fx.experimental.optimization import fuse
 
 import sparsegrain
-from sparsegrain.compact import compact
+from sparsegrain.core.tables import format_table
+from sparsegrain.deploy.compact import compact
 from sparsegrain.models import create_model
-from sparsegrain.summary import format_table
 
 # name -> (zoo model, options, in_channels, classes, image size)
 MODELS = {

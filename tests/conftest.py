@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from sparsegrain import cli, runfiles
-from sparsegrain.checkpoint import load_tensors
+from sparsegrain import cli
+from sparsegrain.core.io import load_tensors
+from sparsegrain.runs import files as runfiles
 
 
 def train_cli(*args) -> int:

@@ -10,14 +10,14 @@ from conftest import train_cli as train
 from torch import nn
 
 import sparsegrain
-from sparsegrain.checkpoint import load_tensors
-from sparsegrain.errors import ConfigError
+from sparsegrain.core.errors import ConfigError
+from sparsegrain.core.io import load_tensors
+from sparsegrain.core.schedules import lr_at
+from sparsegrain.core.state import flatten_state, unflatten_state
 from sparsegrain.methods.admm import projection
-from sparsegrain.recipe import load_recipe
-from sparsegrain.schedules import lr_at
-from sparsegrain.state import flatten_state, unflatten_state
+from sparsegrain.recipe.load import load_recipe
 from sparsegrain.structures import parse_structure, shape_4d
-from sparsegrain.train import lr_for
+from sparsegrain.train.loop import lr_for
 
 
 def admm_cfg(**kw):
@@ -139,7 +139,9 @@ def test_rho_grows_per_update_up_to_rho_max():
 
 
 def test_constant_rho_by_default():
-    sp = sparsegrain.sparsify_(linear_model([[1.0, 2.0]]), admm_cfg(structure="fine"))
+    sp = sparsegrain.sparsify_(
+        linear_model([[1.0, 2.0]]), admm_cfg(structure="fine"), steps_per_epoch=1
+    )
     sp.method.update()
     sp.method.update()
     assert sp.method.rho == 1e-3 and [r["rho"] for r in sp.method.history] == [1e-3, 1e-3]
@@ -254,7 +256,7 @@ def test_zero_periods_prunes_at_attach():
 
 def test_global_scope_projects_onto_one_budget():
     model = linear_model([[5.0, -1.0, 0.5], [2.0, 0.1, -4.0]], [[-3.0, 0.2], [0.3, 6.0]])
-    sp = sparsegrain.sparsify_(model, admm_cfg(structure="fine", scope="global"))
+    sp = sparsegrain.sparsify_(model, admm_cfg(structure="fine", scope="global"), steps_per_epoch=1)
     z = sp.method.Z
     # 10 weights, keep 5: 6, 5, -4, -3, 2 (largest |w| over both layers)
     assert torch.equal(z["0"], torch.tensor([[5.0, 0.0, 0.0], [2.0, 0.0, -4.0]]))

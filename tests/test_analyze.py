@@ -6,7 +6,7 @@ from conftest import first_step, tiny_recipe, train_cli
 
 from sparsegrain import cli
 from sparsegrain.analysis.storage import BitWidths, layer_storage
-from sparsegrain.checkpoint import load_tensors
+from sparsegrain.core.io import load_tensors
 
 RECIPE = tiny_recipe(
     first_step("kernel"),
@@ -106,7 +106,7 @@ def test_analyze_bad_input(runs, capsys):
 
 
 def test_report_draws_every_plot(runs, tmp_path):
-    from sparsegrain.report import write_report
+    from sparsegrain.analysis.report import write_report
 
     assert cli.main(["analyze", "--run", str(runs / "sparse"), "--no-progress"]) == 0
     md = write_report([str(runs / "sparse"), str(runs / "dense")], tmp_path / "rep")
@@ -125,7 +125,7 @@ def test_report_draws_every_plot(runs, tmp_path):
 
 
 def test_accuracy_series_groups_methods_structures_and_seeds():
-    from sparsegrain.report import accuracy_series
+    from sparsegrain.analysis.report import accuracy_series
 
     def run(method, structure, target, sparsity, top1):
         return {"summary": dict(method=method, structure=structure, target=target,
@@ -164,7 +164,7 @@ def test_accuracy_series_groups_methods_structures_and_seeds():
 def test_mask_picture_layout():
     import torch
 
-    from sparsegrain.report import mask_picture
+    from sparsegrain.analysis.report import mask_picture
 
     mask = torch.zeros(2, 2, 2, 2, dtype=torch.bool)
     mask[0, 1] = True
@@ -181,7 +181,7 @@ def test_mask_picture_layout():
 
 
 def test_sweep_grid_points_and_a_tiny_sweep(runs, tmp_path, capsys):
-    from sparsegrain.sweep import grid_points
+    from sparsegrain.train.sweep import grid_points
 
     pts = grid_points(["dense", "campfire"], ["fine", "nm:2:4"], [0.5])
     assert [n for n, _ in pts] == ["dense", "campfire-fine-0.5", "campfire-nm_2_4-0.5"]

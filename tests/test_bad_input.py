@@ -10,7 +10,7 @@ import yaml
 from conftest import train_cli
 
 from sparsegrain import cli
-from sparsegrain.checkpoint import save_tensors
+from sparsegrain.core.io import save_tensors
 
 TINY = {
     "model": {"name": "mlp_tiny", "input_size": 8},

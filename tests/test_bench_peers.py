@@ -9,7 +9,7 @@ import torch
 import yaml
 from conftest import tiny_recipe, train_cli
 
-from sparsegrain.checkpoint import load_tensors
+from sparsegrain.core.io import load_tensors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import peers  # noqa: E402

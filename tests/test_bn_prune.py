@@ -13,14 +13,14 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import sparsegrain
-from sparsegrain.bn_prune import find_norms
-from sparsegrain.checkpoint import load_tensors, save_tensors
-from sparsegrain.compact import compact
-from sparsegrain.errors import ConfigError
-from sparsegrain.masking import filters_kept
+from sparsegrain.core.errors import ConfigError
+from sparsegrain.core.io import load_tensors, save_tensors
+from sparsegrain.core.state import flatten_state, unflatten_state
+from sparsegrain.deploy.compact import compact
 from sparsegrain.models import create_model
-from sparsegrain.recipe import load_recipe
-from sparsegrain.state import flatten_state, unflatten_state
+from sparsegrain.recipe.load import load_recipe
+from sparsegrain.sparsity.bn import find_norms
+from sparsegrain.sparsity.masking import filters_kept
 
 RESNET_PAIRS = {
     "conv1": "bn1",
@@ -425,7 +425,7 @@ def test_resume_of_a_checkpoint_from_before_bn_masking(tmp_path, crash_and_resum
     old = recipe_file(tmp_path / "old.yaml", prune_bn=False)
     assert train("--recipe", old, "--out", tmp_path / "ref") == 0
 
-    from sparsegrain import runfiles
+    from sparsegrain.runs import files as runfiles
 
     real_save = runfiles.save_checkpoint
 

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 import sparsegrain
-from sparsegrain.schedules import cubic_sparsity
+from sparsegrain.core.schedules import cubic_sparsity
 
 
 def convnet():

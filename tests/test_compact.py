@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from sparsegrain import sparsify_
-from sparsegrain.compact import (
+from sparsegrain.deploy.compact import (
     ColumnSparseConv2d,
     columnize_,
     compact,
@@ -191,7 +191,9 @@ def test_zoo_compacts_exactly(name, opts, size, structure):
     torch.manual_seed(0)
     m = create_model(name, num_classes=10, in_channels=3, **opts)
     randomize_bn(m)
-    sparsify_(m, {"method": "oneshot", "structure": structure, "target": 0.5}).finalize()
+    sparsify_(
+        m, {"method": "oneshot", "structure": structure, "target": 0.5}, steps_per_epoch=1
+    ).finalize()
     r = compact(m, torch.randn(2, 3, size, size))
     assert r.traced and r.params_after < r.params_before and r.macs_after < r.macs_before
     assert r.max_abs_diff <= TOL * 10  # summation order changes over up to ~50 layers
@@ -267,7 +269,9 @@ def test_column_sparse_conv_is_exact(kw):
 def test_columnize_a_model():
     torch.manual_seed(0)
     m = create_model("resnet_tiny", num_classes=10, in_channels=3).eval()
-    sparsify_(m, {"method": "oneshot", "structure": "shape", "target": 0.5}).finalize()
+    sparsify_(
+        m, {"method": "oneshot", "structure": "shape", "target": 0.5}, steps_per_epoch=1
+    ).finalize()
     x = x12()
     with torch.no_grad():
         ref = m(x)

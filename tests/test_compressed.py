@@ -14,7 +14,8 @@ from torch import nn
 
 import sparsegrain
 from sparsegrain.analysis.storage import BitWidths, encode
-from sparsegrain.compressed import (
+from sparsegrain.core.errors import ConfigError
+from sparsegrain.deploy.compressed import (
     MAGIC,
     BitReader,
     BitWriter,
@@ -23,7 +24,6 @@ from sparsegrain.compressed import (
     read_compressed,
     write_compressed,
 )
-from sparsegrain.errors import ConfigError
 from sparsegrain.models import create_model
 from sparsegrain.structures import parse_structure
 

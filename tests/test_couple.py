@@ -7,12 +7,12 @@ from conftest import first_step
 from torch import nn
 
 import sparsegrain
-from sparsegrain.compact import compact
-from sparsegrain.config import SparsityConfig
-from sparsegrain.couple import channel_scores, find_sets
-from sparsegrain.errors import ConfigError
-from sparsegrain.masking import filters_kept
+from sparsegrain.core.errors import ConfigError
+from sparsegrain.deploy.compact import compact
 from sparsegrain.models import create_model
+from sparsegrain.recipe.config import SparsityConfig
+from sparsegrain.sparsity.couple import channel_scores, find_sets
+from sparsegrain.sparsity.masking import filters_kept
 
 STAGES = [
     ["conv1", "layer1.0.conv2"],

@@ -16,17 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from sparsegrain.data import DATASETS, DataConfig, build_data, list_datasets
-from sparsegrain.datasets.cifar import RestrictedUnpickler
-from sparsegrain.datasets.imagefolder import IMAGENET_NORMALIZE
-from sparsegrain.datasets.loader import (
-    CropFlip,
-    Normalize,
-    TensorLoader,
-    epoch_indices,
-    subset_indices,
-)
-from sparsegrain.errors import ConfigError
+from sparsegrain.core.errors import ConfigError
+from sparsegrain.data.catalog import DATASETS, DataConfig, build_data, list_datasets
+from sparsegrain.data.cifar import RestrictedUnpickler
+from sparsegrain.data.imagefolder import IMAGENET_NORMALIZE
+from sparsegrain.data.loader import CropFlip, Normalize, TensorLoader, epoch_indices, subset_indices
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 IDX_NAMES = {

@@ -11,7 +11,7 @@ import torch
 import yaml
 from conftest import train_cli
 
-from sparsegrain.checkpoint import load_tensors
+from sparsegrain.core.io import load_tensors
 
 RECIPE = {
     "model": {"name": "mlp_tiny", "input_size": 8},  # no BatchNorm: ranks see the same model

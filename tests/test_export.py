@@ -11,15 +11,14 @@ from conftest import first_step, tiny_recipe, train_cli
 
 import sparsegrain
 from sparsegrain import cli
-from sparsegrain.checkpoint import load_tensors
-from sparsegrain.compact import compact, load_compact
-from sparsegrain.export import export_onnx, load_run
+from sparsegrain.core.io import load_tensors
+from sparsegrain.deploy.compact import compact, load_compact
+from sparsegrain.deploy.export import export_onnx, load_run
 from sparsegrain.models import create_model
 
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None and (
     importlib.util.find_spec("onnx") is not None
 )
-HAS_COMPRESSED = importlib.util.find_spec("sparsegrain.compressed") is not None
 needs_ort = pytest.mark.skipif(not HAS_ORT, reason="onnx/onnxruntime not installed (onnx extra)")
 
 RECIPE = tiny_recipe(
@@ -114,14 +113,13 @@ def test_onnx_round_trip_of_a_compacted_vgg(tmp_path):
     assert res["bytes"] == (tmp_path / "v.onnx").stat().st_size > 0
 
 
-@pytest.mark.skipif(not HAS_COMPRESSED, reason="sparsegrain.compressed not available yet")
 def test_export_compressed(run, tmp_path, capsys):
     out = tmp_path / "m.sgc"
     assert export("--run", run, "--out", out, "--format", "compressed") == 0
     printed = capsys.readouterr().out
     checks = diffs(printed)
     assert checks == {"read back vs masked model": 0.0}
-    from sparsegrain.compressed import read_compressed
+    from sparsegrain.deploy.compressed import read_compressed
 
     size = out.stat().st_size
     predicted = int(re.search(r"predicted: ([\d,]+) bytes", printed)[1].replace(",", ""))
@@ -130,14 +128,6 @@ def test_export_compressed(run, tmp_path, capsys):
     state, _ = read_compressed(out)
     b, _ = load_tensors(run / "model.safetensors")
     assert state.keys() == b.keys()
-
-
-def test_compressed_missing_is_one_line(run, tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(__import__("sys").modules, "sparsegrain.compressed", None)
-    monkeypatch.delattr(sparsegrain, "compressed", raising=False)
-    assert export("--run", run, "--out", tmp_path / "x", "--format", "compressed") == 2
-    err = capsys.readouterr().err
-    assert "compressed format not available" in err and len(err.strip().splitlines()) == 1
 
 
 def test_onnx_missing_is_one_line(run, tmp_path, capsys, monkeypatch):

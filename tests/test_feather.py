@@ -10,11 +10,11 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import sparsegrain
-from sparsegrain import masking
-from sparsegrain.errors import ConfigError
+from sparsegrain.core.errors import ConfigError
+from sparsegrain.core.quantile import exact_quantile, quantile_rank, select_order_statistics
+from sparsegrain.core.schedules import cubic_sparsity
 from sparsegrain.methods.feather import default_theta, feather_threshold
-from sparsegrain.quantile import exact_quantile, quantile_rank, select_order_statistics
-from sparsegrain.schedules import cubic_sparsity
+from sparsegrain.sparsity import masking
 
 
 def convnet():
@@ -258,7 +258,7 @@ def test_channels_last_weights_give_the_same_threshold():
 
 
 def test_state_dict_round_trip_resumes_exactly():
-    from sparsegrain.state import flatten_state, unflatten_state
+    from sparsegrain.core.state import flatten_state, unflatten_state
 
     model = convnet()
     sp, opt, loader = user_loop(model, feather(0.8), epochs=1)

@@ -13,7 +13,7 @@ import yaml
 from conftest import assert_same_files, train_cli
 
 from sparsegrain import cli
-from sparsegrain.checkpoint import load_tensors
+from sparsegrain.core.io import load_tensors
 
 RECIPE = {
     "model": {"name": "resnet_tiny"},
@@ -98,7 +98,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(
             loss = super().forward(out, y)
             return loss * float("nan") if NaNAfter.calls == steps_per_epoch + 2 else loss
 
-    monkeypatch.setattr("sparsegrain.train.nn.CrossEntropyLoss", NaNAfter)
+    monkeypatch.setattr("sparsegrain.train.loop.nn.CrossEntropyLoss", NaNAfter)
     out = tmp_path / "nan"
     assert cli.main(["train", "--recipe", str(recipe), "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparsegrain.kernels import (
+from sparsegrain.deploy.kernels import (
     SparseConv2d,
     SparseLinear,
     block_fill,

@@ -4,7 +4,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import sparsegrain
-from sparsegrain.errors import ConfigError
+from sparsegrain.core.errors import ConfigError
 
 
 def net():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparsegrain.errors import ConfigError
+from sparsegrain.core.errors import ConfigError
 from sparsegrain.models import MODELS, create_model, list_models, model_options
 
 ALL_NAMES = [

@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sparsegrain.errors import ConfigError
-from sparsegrain.recipe import apply_sets, load_recipe, parse_set
+from sparsegrain.core.errors import ConfigError
+from sparsegrain.recipe.load import apply_sets, load_recipe, parse_set
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
 

@@ -4,15 +4,15 @@ import pytest
 import torch
 from torch import nn
 
+from sparsegrain.analysis.accuracy import evaluate
 from sparsegrain.analysis.robustness import (
     attack_accuracy,
     dataset_norm,
     loader_norm,
     robustness_table,
 )
-from sparsegrain.data import DATASETS
-from sparsegrain.datasets.loader import Normalize, TensorLoader
-from sparsegrain.train import evaluate
+from sparsegrain.data.catalog import DATASETS
+from sparsegrain.data.loader import Normalize, TensorLoader
 
 MEAN, STD = (0.5,), (0.25,)
 
@@ -208,9 +208,9 @@ def _registered_normalize(name):
 def test_dataset_norm_matches_the_loaders(name):
     norm = _registered_normalize(name)
     if name == "imagefolder":
-        from sparsegrain.datasets.imagefolder import IMAGENET_NORMALIZE as norm
+        from sparsegrain.data.imagefolder import IMAGENET_NORMALIZE as norm
     if name == "synthetic":
-        from sparsegrain.datasets.synthetic import SYNTHETIC_NORMALIZE as norm
+        from sparsegrain.data.synthetic import SYNTHETIC_NORMALIZE as norm
     assert dataset_norm(name) == (norm.mean, norm.std)
 
 

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from sparsegrain.schedules import cubic_sparsity, lr_at
+from sparsegrain.core.schedules import cubic_sparsity, lr_at
 
 
 def test_cubic_sparsity_values():
@@ -61,8 +61,8 @@ def test_unknown_schedule():
 
 
 def test_trainer_restarts_the_lr_at_freeze_only_for_freezing_methods():
-    from sparsegrain.recipe import load_recipe
-    from sparsegrain.train import lr_for
+    from sparsegrain.recipe.load import load_recipe
+    from sparsegrain.train.loop import lr_for
 
     sets = [
         "train.epochs=10",

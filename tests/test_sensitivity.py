@@ -7,10 +7,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from sparsegrain.analysis.accuracy import evaluate
 from sparsegrain.analysis.sensitivity import Sensitivity, layer_sensitivity, suggest_budgets
-from sparsegrain.config import SparsityConfig
-from sparsegrain.masking import select_layers
-from sparsegrain.train import evaluate
+from sparsegrain.recipe.config import SparsityConfig
+from sparsegrain.sparsity.masking import select_layers
 
 
 class Net(nn.Module):

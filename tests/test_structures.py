@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from sparsegrain.errors import ConfigError
+from sparsegrain.core.errors import ConfigError
 from sparsegrain.structures import (
     NM,
     SCORES,

@@ -7,7 +7,7 @@ from conftest import assert_same_files, tiny_recipe
 from conftest import train_cli as train
 
 from sparsegrain import cli
-from sparsegrain.checkpoint import load_tensors
+from sparsegrain.core.io import load_tensors
 from sparsegrain.models import create_model
 
 RECIPE = tiny_recipe(

@@ -2,12 +2,25 @@
 
 ``sparsify_(model, recipe, steps_per_epoch=..., optimizer=...)`` attaches structures and masks
 and returns the training-side handle; ``finalize_(model)`` bakes zeros into plain weights.
+The packages, lowest layer first, are described in ARCHITECTURE.md; ``sparsegrain.structures``,
+``methods``, ``models``, ``analysis`` and ``compact`` are loaded on first use.
 """
 
-from .api import Sparsifier, finalize_, sparsify_
-from .errors import ConfigError
-from .recipe import Recipe, load_recipe
+import importlib
+
+from .core.errors import ConfigError
+from .recipe.load import Recipe, load_recipe
+from .sparsity.handle import Sparsifier, finalize_, sparsify_
 
 __version__ = "0.1.0"
+
+_LAZY = ("analysis", "compact", "data", "deploy", "methods", "models", "structures")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'sparsegrain' has no attribute '{name}'")
+
 
 __all__ = ["sparsify_", "finalize_", "Sparsifier", "load_recipe", "Recipe", "ConfigError"]

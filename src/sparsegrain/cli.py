@@ -7,16 +7,16 @@ import json
 import sys
 from pathlib import Path
 
-from .checkpoint import atomic_write_text
-from .errors import ConfigError, TrainingError
+from .core.errors import ConfigError, TrainingError
+from .core.io import atomic_write_text
 
 EPILOG = "Recipes: see recipes/ and README.md. Every key can be changed with --set key.sub=value."
 
 
 def _train(args) -> int:
-    from .recipe import load_recipe
-    from .runfiles import read_run_recipe
-    from .train import run
+    from .recipe.load import load_recipe
+    from .runs.files import read_run_recipe
+    from .train.loop import run
 
     if args.resume:
         recipe = read_run_recipe(args.out)
@@ -36,10 +36,11 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
-    from .data import build_data
-    from .runfiles import WEIGHTS, load_init, read_run_recipe
-    from .summary import overall_sparsity
-    from .train import build_model, evaluate
+    from .analysis.accuracy import evaluate
+    from .core.tables import overall_sparsity
+    from .data.catalog import build_data
+    from .recipe.build import build_model
+    from .runs.files import WEIGHTS, load_init, read_run_recipe
 
     recipe = read_run_recipe(args.run)
     data = build_data(recipe.data, seed=recipe.train.seed)
@@ -94,7 +95,7 @@ def _analyze(args) -> int:
 
 
 def _sweep(args) -> int:
-    from .sweep import grid_points, sweep, sweep_table
+    from .train.sweep import grid_points, sweep, sweep_table
 
     def names(text: str) -> list[str]:
         return [x.strip() for x in text.split(",") if x.strip()]
@@ -111,7 +112,7 @@ def _sweep(args) -> int:
 
 
 def _report(args) -> int:
-    from .report import write_report
+    from .analysis.report import write_report
 
     path = write_report(args.runs, args.out)
     print(f"wrote {path}")
@@ -119,7 +120,7 @@ def _report(args) -> int:
 
 
 def _export(args) -> int:
-    from .export import export_run
+    from .deploy.export import export_run
 
     export_run(args.run, args.out, compact=args.compact, fmt=args.format, bits=args.bits)
     return 0
@@ -136,7 +137,7 @@ def _floats(flag: str, text: str) -> list[float]:
 
 
 def _zero_report(model) -> list[dict]:
-    from .masking import candidate_layers
+    from .sparsity.masking import candidate_layers
 
     rows = []
     for name, m in candidate_layers(model):
@@ -153,7 +154,7 @@ def _zero_report(model) -> list[dict]:
 
 
 def _list(args) -> int:
-    from .data import list_datasets
+    from .data.catalog import list_datasets
     from .methods import METHODS
     from .models import list_models
     from .structures import STRUCTURES

@@ -51,8 +51,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..core.tables import format_table
 from ..structures import NM, Combined, Fine, Structure, Window, as_4d, parse_structure
-from ..summary import format_table
 from .flops import LayerGeometry, flops
 
 MODEL_NOTE = (

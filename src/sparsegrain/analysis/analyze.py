@@ -16,15 +16,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import atomic_write_text, load_tensors
-from ..data import build_data
-from ..errors import ConfigError
-from ..masking import candidate_layers
-from ..recipe import Recipe, load_recipe
-from ..runfiles import WEIGHTS, load_model_state, read_run_recipe
-from ..train import build_model, evaluate
+from ..core.errors import ConfigError
+from ..core.io import atomic_write_text, load_tensors
+from ..data.catalog import build_data
+from ..recipe.build import build_model
+from ..recipe.load import Recipe, load_recipe
+from ..runs.files import WEIGHTS, load_model_state, read_run_recipe
+from ..sparsity.masking import candidate_layers
 from .accelerator import MODEL_NOTE, SCNNConfig, format_refs, model_refs
+from .accuracy import evaluate
 from .flops import format_flops, model_flops, profile
+from .robustness import attack_accuracy, robustness_table
+from .sensitivity import layer_sensitivity, suggest_budgets
 from .storage import BitWidths, format_storage, model_storage
 
 
@@ -138,8 +141,6 @@ def analyze(
         format_refs(refs),
     ]
     if opts.attacks:
-        from .robustness import robustness_table
-
         rob = out["robustness"]
         table = {"model": _float_keys(rob["model"])}
         if "baseline" in rob:
@@ -160,7 +161,6 @@ def _float_keys(d: dict[str, dict[str, float]]) -> dict[str, dict[float, float]]
 
 
 def _robustness(model, data, opts: AnalyzeOptions) -> dict[str, dict[str, float]]:
-    from .robustness import attack_accuracy
 
     return {
         attack: {
@@ -180,7 +180,6 @@ def _robustness(model, data, opts: AnalyzeOptions) -> dict[str, dict[str, float]
 
 
 def _sensitivity(subject: Subject, data, opts: AnalyzeOptions) -> dict[str, Any]:
-    from .sensitivity import layer_sensitivity, suggest_budgets
 
     scans = {}
     names = [n for n, st in subject.structures.items() if st is not None] or None

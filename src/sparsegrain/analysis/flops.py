@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..masking import candidate_layers
+from ..core.tables import format_table
+from ..sparsity.masking import candidate_layers
 from ..structures import as_4d, shape_4d
-from ..summary import format_table
 
 Pair = tuple[int, int]
 

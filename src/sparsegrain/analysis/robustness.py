@@ -43,10 +43,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data import DATASETS, NORMALIZE
-from ..datasets.loader import seeded_generator
-from ..errors import ConfigError, unknown_name
-from ..summary import format_table
+from ..core.errors import ConfigError, unknown_name
+from ..core.tables import format_table
+from ..data.catalog import DATASETS, NORMALIZE
+from ..data.loader import seeded_generator
 
 ATTACKS = ("fgsm", "pgd")
 

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..errors import ConfigError, unknown_name
-from ..masking import candidate_layers, default_exclude
+from ..core.errors import ConfigError, unknown_name
+from ..sparsity.masking import candidate_layers, default_exclude
 from ..structures import check_sparsity, parse_structure
 from .robustness import top1
 

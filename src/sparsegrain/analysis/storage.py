@@ -62,8 +62,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..core.tables import format_table
 from ..structures import Combined, Kernel, KernelQuota, Structure, as_4d, parse_structure
-from ..summary import format_table
 
 ENCODINGS = ("bitmap", "csr", "group", "quota", "quota-rank")
 COARSE = ("vector", "kernel", "filter", "channel", "shape", "block", "kernel-quota", "combined")

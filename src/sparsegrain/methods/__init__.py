@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..registry import Registry
+from ..core.registry import Registry
 from .admm import Admm
 from .base import Method
 from .campfire import Campfire, Dense, OneShot

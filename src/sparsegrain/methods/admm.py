@@ -43,9 +43,8 @@ from typing import Any
 
 import torch
 
-from .. import couple, masking
-from ..config import check_range
-from ..errors import ConfigError
+from ..core.errors import ConfigError
+from ..core.validate import check_range
 from ..structures import global_sparsities
 from .base import Method
 
@@ -185,9 +184,8 @@ class Admm(Method):
     def hard_prune(self) -> None:
         """Masks = ``Pi_S(W)``; pruned weights zeroed; the optimizer's state cleared entirely."""
         weights = self._weights()
-        masks = couple.masks(self.handle.pruned, weights, self._sparsities(weights), score=SCORE)
-        for layer in self.handle.pruned:
-            masking.set_mask(layer, masks[layer.name], None)
+        masks = self.handle.masks_for(weights, self._sparsities(weights), score=SCORE)
+        self.handle.set_masks(masks, clear_optimizer_state=False)
         if self.handle.optimizer is not None:
             self.handle.optimizer.state.clear()
         self.hard_pruned = True
@@ -195,12 +193,12 @@ class Admm(Method):
 
     def _project(self, tensors, sparsities) -> dict[str, torch.Tensor]:
         """``Pi_S`` of every pruned layer's tensor. A coupled set (``sparsity.couple``) keeps
-        the channels of largest summed size-normalised L2 scores (``couple.masks``) in all its
+        the channels of largest summed size-normalised L2 scores (``handle.masks_for``) in all its
         members: one filter mask, as the hard prune will give them. (The exact Euclidean
         projection onto "the members share one filter set" would rank channels by the sum of
         squared, unnormalised L2 norms; the shared rule is used so that the Z-step and the hard
         prune agree with the other methods' choice of a coupled mask.)"""
-        masks = couple.masks(self.handle.pruned, tensors, sparsities, score=SCORE)
+        masks = self.handle.masks_for(tensors, sparsities, score=SCORE)
         return {name: t * masks[name] for name, t in tensors.items()}
 
     def _weights(self) -> dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..schedules import cubic_sparsity
+from ..core.schedules import cubic_sparsity
 from .base import Method
 
 
@@ -99,8 +99,5 @@ class Dense(Method):
     """No pruning: the dense baseline trained on the same loop."""
 
     name = "dense"
-
-    def attach(self) -> None:
-        for layer in self.handle.pruned:
-            layer.structure = None
-            layer.note = "dense run"
+    prunes = False
+    uses_clock = False

@@ -42,11 +42,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .. import masking
-from ..config import check_range
-from ..errors import ConfigError
-from ..quantile import exact_quantile
-from ..schedules import cubic_sparsity
+from ..core.errors import ConfigError
+from ..core.quantile import exact_quantile
+from ..core.schedules import cubic_sparsity
+from ..core.validate import check_range
 from .base import Method
 
 
@@ -163,7 +162,7 @@ class Feather(Method):
         for layer in h.pruned:
             final = overall if h.cfg.scope == "global" else layer.target
             theta = default_theta(final) if self.params.theta is None else self.params.theta
-            param = masking.attach(layer, FeatherThreshold(layer.param, self.params.p, theta))
+            param = h.attach(layer, FeatherThreshold(layer.param, self.params.p, theta))
             self.buffers[layer.name] = param.threshold  # still readable after finalize
             layer.extra["theta"] = theta
         self.update()
@@ -251,7 +250,7 @@ class Feather(Method):
     def _install(layer, threshold: Tensor, abs_w: Tensor) -> None:
         """Set the layer's ``T`` and its mask ``|w| > T``; ``abs_w`` is ``|w|``, weight-shaped
         or flat in the weight's memory order (then used only if the mask has that layout)."""
-        p = masking.parametrization(layer)
+        p = layer.parametrization
         p.threshold.copy_(threshold)
         if abs_w.shape == p.mask.shape:
             torch.gt(abs_w, p.threshold, out=p.mask)
@@ -273,7 +272,7 @@ class Feather(Method):
         # non-zeros. They equal |w| > T except where rounding zeroes a kept entry's output
         # ((T/|w|)^p rounding to 1 for p < 1, or an underflow on subnormal weights).
         for layer in self.handle.pruned:
-            p = masking.parametrization(layer)
+            p = layer.parametrization
             p.mask.copy_(layer.weight.detach() != 0)
 
     def thresholds(self) -> dict[str, float]:
@@ -312,5 +311,5 @@ class Feather(Method):
                 f"feather state is for layers {sorted(saved)}, this model prunes {sorted(names)}"
             )
         for layer in self.handle.pruned:
-            masking.parametrization(layer).threshold.fill_(float(saved[layer.name]))
+            layer.parametrization.threshold.fill_(float(saved[layer.name]))
         self.sparsity = float(state.get("sparsity", 0.0))

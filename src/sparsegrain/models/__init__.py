@@ -21,8 +21,8 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import ConfigError, did_you_mean
-from ..registry import Registry
+from ..core.errors import ConfigError, did_you_mean
+from ..core.registry import Registry
 from .resnet_cifar import BasicBlock, CifarResNet
 from .resnet_imagenet import LAYOUTS, Bottleneck, ResNet
 from .tiny import ConvNetTiny, MLPTiny

@@ -16,9 +16,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
-from ..quantile import DIRECT_SELECT, select_order_statistics
-from ..registry import Registry
+from ..core.errors import ConfigError
+from ..core.quantile import DIRECT_SELECT, select_order_statistics
+from ..core.registry import Registry
 
 Shape4 = tuple[int, int, int, int]
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..errors import ConfigError
-from ..registry import Registry
+from ..core.errors import ConfigError
+from ..core.registry import Registry
 from .catalog import Channel, Filter, Fine, Kernel, KernelQuota, Shape, Vector, Window
 from .core import Structure
 from .parametric import NM, Block, Combined

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from .catalog import KernelQuota, Window
 from .core import Score, Shape4, Structure, check_sparsity, keep_count, unravel
 

@@ -1,0 +1,369 @@
+"""Datasets: the ``data`` recipe section, the dataset registry, and ``build_data``.
+
+``build_data(cfg, seed=..., rank=..., world_size=...)`` returns a ``DataBundle`` with a train and a
+test loader. Both satisfy one Loader protocol:
+
+- ``for x, y in loader``: ``x`` float32 ``(B, C, H, W)`` normalized, ``y`` int64 ``(B,)``;
+- ``len(loader)``: batches per epoch; ``loader.dataset_size``: samples in the whole split;
+  ``loader.num_samples``: samples this rank reads per epoch;
+- ``loader.set_epoch(e)``: order and augmentation of the next pass are a pure function of
+  (seed, e, rank, world_size); a sample's augmentation depends on (seed, e, index) only.
+
+The train loader shuffles and drops the last incomplete batch; the test loader does neither and is
+never augmented. With ``world_size > 1``, ``batch_size`` is per rank and each rank reads a disjoint
+shard (rules in ``datasets.loader.epoch_indices``: train cuts the shuffled order to a multiple of
+``world_size``, as ``DistributedSampler(drop_last=True)``; test shards are unpadded and cover the
+test set exactly).
+
+The readers for each file format live in ``sparsegrain.datasets``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from ..core.errors import ConfigError
+from ..core.registry import Registry
+from .cifar import read_cifar
+from .idx import read_idx_dataset
+from .imagefolder import IMAGENET_NORMALIZE, ImageFolderLoader, scan_image_folder
+from .loader import CropFlip, Normalize, TensorLoader, subset_indices
+from .synthetic import SYNTHETIC_NORMALIZE, make_synthetic
+
+Loader = TensorLoader | ImageFolderLoader
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+
+
+@dataclass
+class DataConfig:
+    """The ``data`` section of a recipe."""
+
+    name: str = "fashion_mnist"
+    root: str | None = None
+    batch_size: int = 128
+    test_batch_size: int = 512
+    train_subset: int | None = None
+    augment: bool = True
+    num_workers: int = 0
+    image_size: int | None = None
+    num_classes: int | None = None
+    channels: int | None = None
+    synthetic_train: int = 512
+    synthetic_test: int = 128
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first bad field, its value and what is allowed."""
+        if not isinstance(self.name, str):
+            raise ConfigError(f"data.name must be a dataset name, got {self.name!r}")
+        try:
+            info = DATASETS.get(self.name)
+        except ConfigError as e:
+            raise ConfigError(f"data.name: {e}") from None
+        if self.root is not None and not isinstance(self.root, (str, Path)):
+            raise ConfigError(f"data.root must be a directory path or null, got {self.root!r}")
+        if self.root is None and info.needs_root and info.default_root is None:
+            raise ConfigError(
+                f"data.root is required for dataset '{info.name}' (no default location)"
+            )
+        if not isinstance(self.augment, bool):
+            raise ConfigError(f"data.augment must be true or false, got {self.augment!r}")
+        _check_int("batch_size", self.batch_size, 1)
+        _check_int("test_batch_size", self.test_batch_size, 1)
+        _check_int("num_workers", self.num_workers, 0)
+        _check_int("synthetic_train", self.synthetic_train, 1)
+        _check_int("synthetic_test", self.synthetic_test, 1)
+        if self.train_subset is not None:
+            _check_int("train_subset", self.train_subset, 1)
+        for field, minimum in (("image_size", 1), ("num_classes", 2), ("channels", 1)):
+            value = getattr(self, field)
+            if value is None:
+                continue
+            if field not in info.options:
+                allowed = [n for n in DATASETS.names() if field in DATASETS.get(n).options]
+                raise ConfigError(
+                    f"data.{field}={value!r} does not apply to dataset '{info.name}'; "
+                    f"only to: {', '.join(allowed)} (leave it unset)"
+                )
+            _check_int(field, value, minimum)
+
+
+def _check_int(field: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"data.{field} must be an integer >= {minimum}, got {value!r}")
+
+
+@dataclass
+class DataBundle:
+    """What ``build_data`` returns: two loaders and the facts a model needs."""
+
+    train: Loader
+    test: Loader
+    num_classes: int
+    in_channels: int
+    image_size: int
+    name: str
+    train_size: int
+    test_size: int
+    class_names: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A registry entry: how to build a dataset, and which optional fields it takes."""
+
+    name: str
+    build: Callable[..., DataBundle]
+    default_root: str | None = None
+    needs_root: bool = True
+    options: tuple[str, ...] = ()
+
+
+DATASETS = Registry("dataset")
+
+
+def list_datasets() -> list[tuple[str, str]]:
+    """``(name, one-line help)`` for every registered dataset, for ``sparsegrain list datasets``."""
+    return [(e.name, e.help) for e in DATASETS.entries()]
+
+
+def build_data(cfg: DataConfig, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> DataBundle:
+    """Load the dataset ``cfg`` names and wrap it in train and test loaders for this rank."""
+    cfg.validate()
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ConfigError(f"world_size must be an integer >= 1, got {world_size!r}")
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise ConfigError(f"rank must be an integer in [0, {world_size - 1}], got {rank!r}")
+    info = DATASETS.get(cfg.name)
+    root = Path(cfg.root if cfg.root is not None else info.default_root or ".").expanduser()
+    bundle = info.build(cfg, root, seed=seed, rank=rank, world_size=world_size)
+    if len(bundle.train) == 0:
+        raise ConfigError(
+            f"data.batch_size={cfg.batch_size} is larger than the {bundle.train.num_samples} "
+            f"training samples each of {world_size} rank(s) reads, so an epoch has no batch; "
+            f"lower data.batch_size or use more training data"
+        )
+    return bundle
+
+
+def _subset(cfg: DataConfig, n: int, seed: int) -> Tensor | None:
+    """Indices of ``data.train_subset`` training samples, or None for the whole set."""
+    if cfg.train_subset is None:
+        return None
+    if cfg.train_subset > n:
+        raise ConfigError(
+            f"data.train_subset={cfg.train_subset} exceeds the {n} training samples of "
+            f"'{DATASETS.canonical(cfg.name)}'; use at most {n} or leave it unset"
+        )
+    return subset_indices(n, cfg.train_subset, seed)
+
+
+def _tensor_bundle(
+    cfg: DataConfig,
+    splits: dict[str, tuple[Tensor, Tensor]],
+    *,
+    num_classes: int,
+    normalize: Normalize,
+    augment: CropFlip | None,
+    class_names: tuple[str, ...] | None,
+    seed: int,
+    rank: int,
+    world_size: int,
+) -> DataBundle:
+    x_train, y_train = splits["train"]
+    x_test, y_test = splits["test"]
+    keep = _subset(cfg, len(y_train), seed)
+    if keep is not None:
+        x_train, y_train = x_train[keep], y_train[keep]
+    common = dict(normalize=normalize, seed=seed, rank=rank, world_size=world_size)
+    train = TensorLoader(
+        x_train,
+        y_train,
+        batch_size=cfg.batch_size,
+        train=True,
+        augment=augment if cfg.augment else None,
+        **common,
+    )
+    test = TensorLoader(x_test, y_test, batch_size=cfg.test_batch_size, train=False, **common)
+    return DataBundle(
+        train=train,
+        test=test,
+        num_classes=num_classes,
+        in_channels=int(x_train.shape[1]),
+        image_size=int(x_train.shape[2]),
+        name=DATASETS.canonical(cfg.name),
+        train_size=train.dataset_size,
+        test_size=test.dataset_size,
+        class_names=class_names,
+    )
+
+
+def _idx_builder(name: str, normalize: Normalize, augment: CropFlip, classes: tuple[str, ...]):
+    def build(cfg: DataConfig, root: Path, **kw: int) -> DataBundle:
+        hint = f"set `data.root` to a directory holding the {name} IDX files (raw or .gz)"
+        if name == "fashion_mnist" and cfg.root is None:  # the Debian package's location
+            hint = (
+                "install Debian's `dataset-fashion-mnist` package "
+                f"(`apt-get install dataset-fashion-mnist`) or {hint[0].lower()}{hint[1:]}"
+            )
+        return _tensor_bundle(
+            cfg,
+            read_idx_dataset(root, len(classes), hint),
+            num_classes=len(classes),
+            normalize=normalize,
+            augment=augment,
+            class_names=classes,
+            **kw,
+        )
+
+    return build
+
+
+def _cifar_builder(name: str, num_classes: int, normalize: Normalize, classes):
+    def build(cfg: DataConfig, root: Path, **kw: int) -> DataBundle:
+        return _tensor_bundle(
+            cfg,
+            read_cifar(root, name),
+            num_classes=num_classes,
+            normalize=normalize,
+            augment=CropFlip(pad=4, flip=True),
+            class_names=classes,
+            **kw,
+        )
+
+    return build
+
+
+def _build_synthetic(cfg: DataConfig, root: Path, **kw: int) -> DataBundle:
+    size = cfg.image_size if cfg.image_size is not None else 28
+    classes = cfg.num_classes if cfg.num_classes is not None else 10
+    channels = cfg.channels if cfg.channels is not None else 1
+    splits = make_synthetic(classes, channels, size, cfg.synthetic_train, cfg.synthetic_test)
+    return _tensor_bundle(
+        cfg,
+        splits,
+        num_classes=classes,
+        normalize=SYNTHETIC_NORMALIZE,
+        augment=CropFlip(pad=max(1, size // 14), flip=False),
+        class_names=None,
+        **kw,
+    )
+
+
+def _build_imagefolder(
+    cfg: DataConfig, root: Path, *, seed: int, rank: int, world_size: int
+) -> DataBundle:
+    size = cfg.image_size if cfg.image_size is not None else 224
+    classes, train_samples, val_samples = scan_image_folder(root)
+    keep = _subset(cfg, len(train_samples), seed)
+    if keep is not None:
+        train_samples = [train_samples[i] for i in keep.tolist()]
+    common = dict(
+        image_size=size, num_workers=cfg.num_workers, seed=seed, rank=rank, world_size=world_size
+    )
+    # augment=False gives the train split the deterministic eval transform.
+    train = ImageFolderLoader(
+        train_samples, batch_size=cfg.batch_size, train=True, augment=cfg.augment, **common
+    )
+    test = ImageFolderLoader(
+        val_samples, batch_size=cfg.test_batch_size, train=False, augment=False, **common
+    )
+    return DataBundle(
+        train=train,
+        test=test,
+        num_classes=len(classes),
+        in_channels=3,
+        image_size=size,
+        name="imagefolder",
+        train_size=train.dataset_size,
+        test_size=test.dataset_size,
+        class_names=tuple(classes),
+    )
+
+
+def _register(name: str, help: str, aliases: tuple[str, ...] = (), **info: Any) -> None:
+    DATASETS.register(name, DatasetInfo(name=name, **info), help=help, aliases=aliases)
+
+
+# Per-channel (mean, std) in pixel units of every dataset; the robustness attacks read them too.
+NORMALIZE = {
+    "fashion_mnist": Normalize(mean=(0.2860,), std=(0.3530,)),
+    "mnist": Normalize(mean=(0.1307,), std=(0.3081,)),
+    "cifar10": Normalize(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
+    "cifar100": Normalize(mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)),
+    "synthetic": SYNTHETIC_NORMALIZE,
+    "imagefolder": IMAGENET_NORMALIZE,
+}
+
+_FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
+_MNIST_ROOT = "/usr/share/datasets/mnist"
+_register(
+    "fashion_mnist",
+    "Fashion-MNIST IDX files, 28x28 grey, 10 classes (default root " + _FASHION_ROOT + ")",
+    aliases=("fashion-mnist", "fmnist"),
+    build=_idx_builder(
+        "fashion_mnist",
+        NORMALIZE["fashion_mnist"],
+        CropFlip(pad=2, flip=True),
+        FASHION_MNIST_CLASSES,
+    ),
+    default_root=_FASHION_ROOT,
+)
+_register(
+    "mnist",
+    "MNIST IDX files, 28x28 grey digits, 10 classes (default root " + _MNIST_ROOT + ")",
+    build=_idx_builder(
+        "mnist",
+        NORMALIZE["mnist"],
+        CropFlip(pad=2, flip=False),
+        tuple(str(d) for d in range(10)),
+    ),
+    default_root=_MNIST_ROOT,
+)
+_register(
+    "cifar10",
+    "CIFAR-10 python pickles (cifar-10-batches-py), 32x32 RGB, 10 classes; needs data.root",
+    aliases=("cifar-10",),
+    build=_cifar_builder(
+        "cifar10",
+        10,
+        NORMALIZE["cifar10"],
+        CIFAR10_CLASSES,
+    ),
+)
+_register(
+    "cifar100",
+    "CIFAR-100 python pickles (cifar-100-python), 32x32 RGB, 100 fine classes; needs data.root",
+    aliases=("cifar-100",),
+    build=_cifar_builder(
+        "cifar100",
+        100,
+        NORMALIZE["cifar100"],
+        None,
+    ),
+)
+_register(
+    "imagefolder",
+    "ImageNet-style class folders root/train/<class>/*.jpg + root/val/<class>/; needs data.root",
+    aliases=("image_folder", "image-folder"),
+    build=_build_imagefolder,
+    options=("image_size",),
+)
+_register(
+    "synthetic",
+    "generated learnable images (fixed seed); sizes from synthetic_train/test, image_size, ...",
+    build=_build_synthetic,
+    needs_root=False,
+    options=("image_size", "num_classes", "channels"),
+)

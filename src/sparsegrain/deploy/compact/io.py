@@ -1,0 +1,74 @@
+"""Compacted models on disk without pickle: safetensors + a JSON architecture description.
+
+The description is the original model's zoo spec (``name``, ``num_classes``, ``in_channels``,
+options) plus, per changed layer, the kept output/input channel indices and whether it gained a
+bias. Loading builds the original architecture from the zoo (or takes a fresh instance of it),
+shrinks it with the same indices and loads the tensors strictly: no code runs from the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ...core.errors import ConfigError
+from ...core.io import load_tensors, save_tensors
+from ...models import create_model
+from ...runs.files import load_model_state
+from .core import CompactResult
+from .plan import LayerChannels
+from .rebuild import shrink_
+
+FORMAT = "sparsegrain-compact"
+
+
+def save_compact(
+    path: str | Path,
+    result: CompactResult,
+    model_spec: dict[str, Any] | None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write ``result.model``'s weights and its architecture description to ``path``.
+
+    ``model_spec``: what ``create_model`` needs to rebuild the original (``name``,
+    ``num_classes``, ``in_channels`` and options); ``None`` for a model outside the zoo, which
+    then loads only with ``load_compact(path, model=<fresh original>)``."""
+    meta = {
+        "format": FORMAT,
+        "version": 1,
+        "model": model_spec,
+        "layers": {n: s.to_dict() for n, s in result.layers.items()},
+        "check": {"max_abs_diff": result.max_abs_diff},
+        "params": {"before": result.params_before, "after": result.params_after},
+        "macs": {"before": result.macs_before, "after": result.macs_after},
+        **(extra or {}),
+    }
+    save_tensors(path, result.model.state_dict(), meta)
+
+
+def load_compact(path: str | Path, model: nn.Module | None = None) -> tuple[nn.Module, dict]:
+    """Rebuild a compacted model from ``path``; returns ``(model, metadata)`` (eval mode).
+
+    ``model``: a fresh instance of the original architecture (default: built from the zoo spec
+    in the file)."""
+
+    tensors, meta = load_tensors(path, "compacted model")
+    if meta.get("format") != FORMAT:
+        raise ConfigError(f"{path}: not a compacted model (format {meta.get('format')!r})")
+    if model is None:
+        spec = dict(meta.get("model") or {})
+        if "name" not in spec:
+            raise ConfigError(f"{path}: no zoo model named in it; pass model=<original model>")
+        name = spec.pop("name")
+        model = create_model(
+            name,
+            num_classes=spec.pop("num_classes", 10),
+            in_channels=spec.pop("in_channels", 3),
+            **spec,
+        )
+    layers = {n: LayerChannels.from_dict(d) for n, d in meta.get("layers", {}).items()}
+    shrink_(model, layers)
+    load_model_state(model, tensors, str(path))
+    return model.eval(), meta

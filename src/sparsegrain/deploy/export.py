@@ -1,0 +1,220 @@
+"""``sparsegrain export``: a run's final model as safetensors, ONNX or the compressed format,
+optionally compacted first, every output checked against the masked PyTorch model.
+
+Formats:
+
+- ``safetensors``: with ``--compact``, the compacted weights and their architecture description
+  (``sparsegrain.compact.save_compact``; load with ``load_compact``); without it, the masked
+  weights as a plain ``state_dict`` (the run's ``model.safetensors``, re-checked).
+- ``onnx``: the (compacted) model through ``torch.onnx.export``, verified with onnxruntime;
+  needs the ``onnx`` extra (``pip install 'sparsegrain[onnx]'``).
+- ``compressed``: ``sparsegrain.compressed.write_compressed`` with each layer's structure from the
+  run's ``summary.json`` (not with ``--compact``: the structures describe the masked shapes).
+
+Each check runs the exported model on a batch of the run's test images and reports the largest
+absolute difference to the masked model's outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..analysis.storage import BitWidths
+from ..core.errors import ConfigError
+from ..core.io import load_tensors, save_tensors
+from ..data.catalog import build_data
+from ..models import create_model
+from ..recipe.build import build_model
+from ..runs.files import WEIGHTS, load_model_state, read_run_recipe
+from . import compressed
+from .compact import compact as compact_model
+from .compact import load_compact, save_compact
+
+FORMATS = ("safetensors", "onnx", "compressed")
+CHECK_BATCH = 8  # test images the checks run on
+
+
+def load_run(run: str | Path) -> tuple[nn.Module, dict[str, Any], torch.Tensor, Path]:
+    """The run's masked model (eval mode), its full zoo spec, a test batch and its weights path."""
+
+    run = Path(run)
+    recipe = read_run_recipe(run)
+    data = build_data(recipe.data, seed=recipe.train.seed)
+    model = build_model(recipe, data.num_classes, data.in_channels)
+    tensors, _ = load_tensors(run / WEIGHTS, "weights")
+    load_model_state(model, tensors, str(run / WEIGHTS))
+    m = recipe.model
+    spec = {
+        "name": m.name,
+        **m.options,
+        "num_classes": m.num_classes or data.num_classes,
+        "in_channels": m.in_channels or data.in_channels,
+    }
+    example = next(iter(data.test))[0][:CHECK_BATCH].contiguous()
+    return model.eval(), spec, example, run / WEIGHTS
+
+
+def run_structures(run: str | Path) -> dict[str, str | None]:
+    """Layer name -> structure spec (``None``: left dense), from the run's ``summary.json``."""
+    path = Path(run) / "summary.json"
+    if not path.is_file():
+        raise ConfigError(f"--run {run}: no summary.json; the run did not finish")
+    rows = json.loads(path.read_text())["layers"]
+    return {r["name"]: (None if r["structure"] == "dense" else r["structure"]) for r in rows}
+
+
+@torch.no_grad()
+def _diff(model: nn.Module, ref: torch.Tensor, x: torch.Tensor) -> float:
+    return float((model.eval()(x).double() - ref.double()).abs().max())
+
+
+def export_onnx(
+    model: nn.Module, example_input: torch.Tensor, path: str | Path, *, opset: int = 17
+) -> dict[str, Any]:
+    """Write ``model`` (eval mode, batch axis dynamic) to ``path`` as ONNX and run it with
+    onnxruntime on ``example_input``; returns ``{"path", "bytes", "outputs"}``."""
+    ort = _onnxruntime()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+            torch.onnx.export(
+                model.eval(),
+                (example_input,),
+                tmp,
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                opset_version=opset,
+                dynamo=False,
+            )
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"input": example_input.numpy()})
+    return {"path": str(path), "bytes": path.stat().st_size, "outputs": torch.from_numpy(out)}
+
+
+def _onnxruntime():
+    try:
+        import onnx  # noqa: F401  (the exporter needs it)
+        import onnxruntime
+    except ImportError:
+        raise ConfigError(
+            "--format onnx needs the packages onnx and onnxruntime: pip install 'sparsegrain[onnx]'"
+        ) from None
+    return onnxruntime
+
+
+def export_run(
+    run: str | Path,
+    out: str | Path,
+    *,
+    compact: bool = False,
+    fmt: str = "safetensors",
+    bits: int | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Export the final model of run directory ``run`` to ``out``; returns what was done:
+    ``format``, ``path``, ``bytes``, ``source_bytes``, ``compact`` (the compaction record or
+    ``None``) and ``checks`` (name -> max abs difference to the masked model's outputs)."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format: unknown format '{fmt}'; choose from: {', '.join(FORMATS)}")
+    if fmt == "compressed" and compact:
+        raise ConfigError(
+            "--compact and --format compressed exclude each other: the compressed format stores "
+            "the masked model with its structures"
+        )
+    if bits is not None and fmt != "compressed":
+        raise ConfigError("--bits applies to --format compressed only")
+    if bits is not None and bits not in (16, 32):
+        raise ConfigError(f"--bits: 32 (float32, exact) or 16 (float16, lossy), got {bits}")
+
+    if fmt == "onnx":
+        _onnxruntime()  # fail before the work
+    model, spec, x, source = load_run(run)
+    with torch.no_grad():
+        ref = model(x)
+    out = Path(out)
+    record: dict[str, Any] = {"format": fmt, "path": str(out), "compact": None, "checks": {}}
+    result = None
+    if compact:
+        result = compact_model(model, x)
+        record["compact"] = result.to_dict()
+        record["checks"]["compacted vs masked model"] = result.max_abs_diff
+        log(result.format())
+    exported = result.model if result is not None else model
+    if fmt == "safetensors":
+        _write_safetensors(out, exported, result, spec, model, ref, x, record)
+    elif fmt == "onnx":
+        res = export_onnx(exported, x, out)
+        record["checks"]["onnxruntime vs masked model"] = float(
+            (res["outputs"].double() - ref.double()).abs().max()
+        )
+    else:
+        widths = BitWidths(value=bits) if bits is not None else None
+        try:
+            record["writer"] = compressed.write_compressed(
+                model, run_structures(run), out, bits=widths
+            )
+        except ValueError as e:
+            raise ConfigError(f"--format compressed: {e}") from None
+        state, _ = compressed.read_compressed(out)
+        fresh = load_run(run)[0]
+        fresh.load_state_dict(state)
+        label = "read back vs masked model" + (f" ({bits}-bit values)" if bits else "")
+        record["checks"][label] = _diff(fresh, ref, x)
+    record["bytes"] = out.stat().st_size
+    record["source_bytes"] = source.stat().st_size
+    log(_format_record(record, source))
+    return record
+
+
+def _write_safetensors(out, exported, result, spec, model, ref, x, record) -> None:
+    """Write, read back into a freshly built model, and check the outputs."""
+
+    if result is not None:
+        save_compact(out, result, spec)
+        back, _ = load_compact(out)
+    else:
+        save_tensors(out, exported.state_dict(), {"format": "sparsegrain-weights", "model": spec})
+        opts = dict(spec)
+        name, classes, channels = opts.pop("name"), opts.pop("num_classes"), opts.pop("in_channels")
+        back = create_model(name, num_classes=classes, in_channels=channels, **opts)
+        load_model_state(back, load_tensors(out, "exported weights")[0], str(out))
+    record["checks"]["file read back vs masked model"] = _diff(back, ref, x)
+
+
+def _format_record(record: dict[str, Any], source: Path) -> str:
+    lines = [
+        f"wrote {record['path']} ({record['format']}, {record['bytes']:,} bytes; "
+        f"{source.name} of the run: {record['source_bytes']:,} bytes, "
+        f"ratio {record['source_bytes'] / max(record['bytes'], 1):.2f}x)"
+    ]
+    c = record["compact"]
+    if c is not None:
+        lines.append(
+            f"compacted: params {c['params_before']:,} -> {c['params_after']:,}, "
+            f"MACs/example {c['macs_before']:,} -> {c['macs_after']:,}"
+        )
+    w = record.get("writer")
+    if w is not None:
+        lines.append(
+            f"predicted: {w['predicted_bytes']:,} bytes (sparse layers at the storage analysis's "
+            f"best encoding + other tensors raw + header); file / predicted = {w['ratio']:.4f}"
+        )
+    for name, diff in record["checks"].items():
+        lines.append(f"check: {name}: max abs diff {diff:.3g}")
+    return "\n".join(lines)

@@ -1,0 +1,293 @@
+"""Which layers are pruned, and how masks are attached, applied and baked in.
+
+Masks are ``torch.nn.utils.parametrize`` parametrizations: the forward pass uses
+``original * mask``, so it always sees exact zeros, and the optimizer keeps the same Parameter
+object (``parametrizations.weight.original``). When a mask changes, pruned entries of the original
+weight and of the optimizer state are zeroed; from then on their gradient is zero (masked through
+the product), weight decay of a zero is zero and the cleared momentum stays zero, so a fixed mask is
+never regrown. ``remove`` bakes the result into a plain ``weight`` Parameter.
+
+A layer may carry a ``Norm``: the BatchNorm that reads its output directly (``bn_prune`` finds
+it). Its ``weight`` and ``bias`` get the same kind of mask, one entry per channel, and
+``set_mask`` keeps it in step with the layer's filters: channel ``k`` is dropped exactly when
+every weight of filter ``k`` is, with the same zeroing of parameters and optimizer state.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..core.errors import ConfigError
+from ..recipe.config import SparsityConfig
+from ..structures import Structure, parse_structure
+
+LAYER_TYPES = {"conv": (nn.Conv1d, nn.Conv2d), "linear": (nn.Linear,)}
+
+
+@dataclass
+class Norm:
+    """The BatchNorm that reads a pruned layer's output directly (found by ``bn_prune``)."""
+
+    name: str
+    module: nn.Module
+
+
+NORM_TENSORS = ("weight", "bias")  # gamma and beta: both zero makes BN's output exactly 0
+
+
+@dataclass
+class Layer:
+    """One targeted layer: where it is, what structure and target it gets."""
+
+    name: str
+    module: nn.Module
+    structure: Structure | None  # None: left dense
+    target: float
+    initial: float
+    score: str
+    note: str = ""  # why the layer got what it got (fallback, default exclusion, ...)
+    extra: dict = field(default_factory=dict)
+    norm: Norm | None = None  # BatchNorm whose channels follow this layer's dropped filters
+    norm_note: str = ""  # why no BatchNorm is masked with this layer, where that needs saying
+    coupled: tuple[str, ...] = ()  # the coupled set it shares one filter mask with (``couple``)
+    couple_note: str = ""  # why it is not coupled, where that needs saying
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The effective weight (mask applied when one is attached)."""
+        return self.module.weight
+
+    @property
+    def param(self) -> nn.Parameter:
+        """The trainable Parameter the optimizer holds."""
+        if parametrize.is_parametrized(self.module, "weight"):
+            return self.module.parametrizations.weight.original
+        return self.module.weight
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.param.shape)
+
+    @property
+    def parametrization(self) -> nn.Module | None:
+        """The parametrization attached to the weight (a ``Mask``, or a method's own)."""
+        return parametrization(self)
+
+
+def _matches(name: str, patterns) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def candidate_layers(model: nn.Module, types=("conv", "linear")) -> list[tuple[str, nn.Module]]:
+    classes = tuple(c for t in types for c in LAYER_TYPES[t])
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, classes)]
+
+
+def default_exclude(model: nn.Module) -> list[str]:
+    """The first conv and the classifier (the last Linear, else the last conv): left dense by
+    default, as in Campfire, Mao et al. and StructADMM, since they hold few weights and much
+    accuracy."""
+    layers = candidate_layers(model)
+    convs = [n for n, m in layers if isinstance(m, LAYER_TYPES["conv"])]
+    linears = [n for n, m in layers if isinstance(m, nn.Linear)]
+    out = convs[:1]
+    last = linears[-1:] or convs[-1:]
+    return out + [n for n in last if n not in out]
+
+
+def _resolve_structure(name: str, shape, spec: str, fallback: str) -> tuple[Structure | None, str]:
+    structure = parse_structure(spec)
+    reason = structure.fits(shape)
+    if reason is None:
+        return structure, ""
+    if fallback == "error":
+        raise ConfigError(
+            f"layer '{name}' {list(shape)}: {reason}; set sparsity.fallback to 'dense' or to a "
+            f"structure, or exclude the layer"
+        )
+    if fallback == "dense":
+        return None, f"left dense: {reason}"
+    alt = parse_structure(fallback)
+    alt_reason = alt.fits(shape)
+    if alt_reason is not None:
+        raise ConfigError(f"layer '{name}' {list(shape)}: {reason}, and fallback {alt_reason}")
+    return alt, f"fallback {alt.spec}: {reason}"
+
+
+def select_layers(model: nn.Module, cfg: SparsityConfig, *, prunes: bool = True) -> list[Layer]:
+    """Resolve include/exclude/types/overrides/fallback into the list of targeted layers.
+
+    Patterns are shell-style globs on module names (``layer1.*``, ``*.conv2``); overrides apply in
+    the order written, later ones winning. ``prunes=False`` (a method that prunes nothing, the
+    dense baseline): every layer is left dense, with the note "dense run" where it was selected.
+    """
+    for t in cfg.types:
+        if t not in LAYER_TYPES:
+            raise ConfigError(f"sparsity.types: unknown '{t}'; choose from: conv, linear")
+    exclude = default_exclude(model) if cfg.exclude is None else cfg.exclude
+    layers = []
+    for name, module in candidate_layers(model, cfg.types):
+        skip = ""
+        if cfg.include and not _matches(name, cfg.include):
+            skip = "not in sparsity.include"
+        elif _matches(name, exclude):
+            skip = "excluded" + (
+                " by default (first conv / classifier)"
+                if cfg.exclude is None
+                else " by sparsity.exclude"
+            )
+        if skip or not prunes:
+            layers.append(Layer(name, module, None, 0.0, 0.0, cfg.score, skip or "dense run"))
+            continue
+        keys = {
+            "target": cfg.target,
+            "initial": cfg.initial,
+            "structure": cfg.structure,
+            "score": cfg.score,
+            "fallback": cfg.fallback,
+        }
+        for pattern, over in cfg.overrides.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                keys.update(over)
+        shape = tuple(module.weight.shape)
+        if keys["target"] == 0:
+            structure, note = None, "left dense: target 0"
+        else:
+            structure, note = _resolve_structure(name, shape, keys["structure"], keys["fallback"])
+        layers.append(
+            Layer(
+                name,
+                module,
+                structure,
+                float(keys["target"]),
+                min(float(keys["initial"]), float(keys["target"])),
+                keys["score"],
+                note,
+            )
+        )
+    if prunes and all(layer.structure is None for layer in layers) and cfg.target > 0:
+        raise ConfigError(
+            "sparsity: no layer selected to prune (include/exclude/types leave nothing); "
+            f"candidates: {', '.join(n for n, _ in candidate_layers(model))}"
+        )
+    return layers
+
+
+class Mask(nn.Module):
+    """Parametrization ``w -> w * mask``; the mask is a same-shape float buffer (1 keep, 0 drop)."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mask", torch.ones_like(weight), persistent=False)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w * self.mask
+
+
+def attach(layer: Layer, param: nn.Module | None = None) -> nn.Module:
+    """Attach a parametrization (default: an all-ones ``Mask``) to the layer's weight."""
+    module = layer.module
+    if parametrize.is_parametrized(module, "weight"):
+        raise ConfigError(f"layer '{layer.name}' already has a parametrized weight")
+    param = Mask(module.weight) if param is None else param
+    parametrize.register_parametrization(module, "weight", param)
+    return param
+
+
+def parametrization(layer: Layer) -> nn.Module | None:
+    if not parametrize.is_parametrized(layer.module, "weight"):
+        return None
+    return layer.module.parametrizations.weight[0]
+
+
+@torch.no_grad()
+def set_mask(layer: Layer, mask: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> None:
+    """Install ``mask`` (bool, weight-shaped) and zero what it drops in the weight and optimizer
+    state, so that nothing pruned can come back through momentum or weight decay."""
+    p = parametrization(layer)
+    if p is None or not hasattr(p, "mask"):
+        raise RuntimeError(f"layer '{layer.name}' has no mask attached")
+    p.mask.copy_(mask)
+    keep = p.mask
+    layer.param.mul_(keep).add_(0.0)
+    if optimizer is not None:
+        clear_optimizer_state(optimizer, layer.param, keep)
+    if layer.norm is not None:
+        set_norm_mask(layer.norm, filters_kept(keep), optimizer)
+
+
+def filters_kept(mask: torch.Tensor) -> torch.Tensor:
+    """``(K,)`` bool: the filters (output channels, axis 0) with at least one kept weight."""
+    return (mask != 0).reshape(mask.shape[0], -1).any(dim=1)
+
+
+def attach_norm(norm: Norm) -> None:
+    """Attach an all-ones ``Mask`` to the BatchNorm's weight and bias."""
+    for t in NORM_TENSORS:
+        if parametrize.is_parametrized(norm.module, t):
+            raise ConfigError(f"BatchNorm '{norm.name}' already has a parametrized {t}")
+        parametrize.register_parametrization(norm.module, t, Mask(getattr(norm.module, t)))
+
+
+def norm_mask(norm: Norm) -> torch.Tensor:
+    """``(C,)`` bool: the BatchNorm channels kept now."""
+    return norm.module.parametrizations.weight[0].mask != 0
+
+
+@torch.no_grad()
+def set_norm_mask(norm: Norm, keep: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> None:
+    """Install ``keep`` (``(C,)`` bool) on the BatchNorm's weight and bias and zero what it drops
+    in both and in their optimizer state: the dropped channels' output is then exactly 0."""
+    for t in NORM_TENSORS:
+        plist = norm.module.parametrizations[t]
+        mask = plist[0].mask
+        mask.copy_(keep)
+        plist.original.mul_(mask).add_(0.0)
+        if optimizer is not None:
+            clear_optimizer_state(optimizer, plist.original, mask)
+
+
+@torch.no_grad()
+def restore_norm_mask(norm: Norm, keep: torch.Tensor) -> None:
+    """Put back a saved mask as is (resume: the parameters come from the same checkpoint)."""
+    for t in NORM_TENSORS:
+        norm.module.parametrizations[t][0].mask.copy_(keep)
+
+
+def remove_norm(norm: Norm) -> None:
+    """Bake the BatchNorm's masked weight and bias into plain Parameters."""
+    for t in NORM_TENSORS:
+        if parametrize.is_parametrized(norm.module, t):
+            parametrize.remove_parametrizations(norm.module, t, leave_parametrized=True)
+            positive_zeros_(getattr(norm.module, t))
+
+
+@torch.no_grad()
+def clear_optimizer_state(optimizer, param: torch.Tensor, keep: torch.Tensor) -> None:
+    """Zero the per-element optimizer state (momentum, Adam moments) of pruned entries."""
+    for value in optimizer.state.get(param, {}).values():
+        if isinstance(value, torch.Tensor) and value.shape == param.shape:
+            value.mul_(keep)
+
+
+def remove(layer: Layer) -> None:
+    """Bake the parametrized weight (and the BatchNorm's, where one is masked with the layer)
+    into plain Parameters and drop the parametrizations."""
+    if parametrize.is_parametrized(layer.module, "weight"):
+        parametrize.remove_parametrizations(layer.module, "weight", leave_parametrized=True)
+        positive_zeros_(layer.module.weight)
+    if layer.norm is not None:
+        remove_norm(layer.norm)
+
+
+@torch.no_grad()
+def positive_zeros_(w: torch.Tensor) -> None:
+    """Turn the -0.0 that ``w * mask`` leaves for pruned negative weights into +0.0 (IEEE:
+    -0 + 0 = +0), so baked weights have one zero, which the compressed format stores exactly.
+    Done once when baking rather than in every forward pass."""
+    w.add_(0.0)

@@ -1,0 +1,1 @@
+"""The one training loop (``loop``) and grids of runs (``sweep``)."""

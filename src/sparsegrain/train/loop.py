@@ -1,0 +1,280 @@
+"""The one training loop: epochs, LR schedule, sparsity hooks, evaluation, checkpoints, resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..analysis.accuracy import evaluate
+from ..core.dist import (
+    SINGLE,
+    DistInfo,
+    all_sum,
+    barrier,
+    gather_ints,
+    init_from_env,
+    mask_checksum,
+    per_rank_batch,
+    shutdown,
+    weight_checksum,
+)
+from ..core.errors import ConfigError, TrainingError
+from ..core.schedules import lr_at
+from ..core.tables import format_summary, overall_sparsity
+from ..data.catalog import build_data
+from ..methods import METHODS
+from ..recipe.build import build_model
+from ..recipe.load import Recipe
+from ..runs import files as runfiles
+from ..sparsity.handle import Sparsifier, sparsify_
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_bn_and_bias: bool) -> list[dict]:
+    """SGD groups; BN parameters and biases (1-D tensors) get no weight decay unless asked."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 and not decay_bn_and_bias else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(model: nn.Module, tr) -> torch.optim.Optimizer:
+    """SGD of the recipe's ``train`` section (momentum, Nesterov, decay groups)."""
+    return torch.optim.SGD(
+        param_groups(model, tr.weight_decay, tr.decay_bn_and_bias),
+        lr=tr.lr,
+        momentum=tr.momentum,
+        nesterov=tr.nesterov,
+    )
+
+
+def _freezes(method: str) -> bool:
+
+    return getattr(METHODS.get(method), "freezes_mask", False)
+
+
+def lr_for(recipe: Recipe, t: float, handle: Sparsifier | None = None) -> float:
+    """The LR at clock ``t``; where the method maps ``t`` into phases (``Method.lr_clock``), the
+    schedule runs over the current phase, else over the run (with the freeze restart if any)."""
+    tr, sp = recipe.train, recipe.sparsity
+    clock = handle.method.lr_clock(t) if handle is not None else None
+    epochs = tr.epochs
+    restart_at = restart_lr = None
+    if clock is not None:
+        t, epochs = clock
+    elif tr.lr_at_freeze != "none" and sp.end is not None and _freezes(sp.method):
+        restart_at = sp.end
+        restart_lr = tr.freeze_lr if tr.freeze_lr is not None else tr.lr
+    return lr_at(
+        t,
+        base_lr=tr.lr,
+        epochs=epochs,
+        schedule=tr.schedule,
+        warmup_epochs=tr.warmup_epochs,
+        step_size=tr.step_size,
+        milestones=tr.milestones,
+        gamma=tr.gamma,
+        min_lr=tr.min_lr,
+        restart_at=restart_at,
+        restart_lr=restart_lr,
+    )
+
+
+def _progress(loader, enabled: bool, desc: str):
+    if not enabled:
+        return loader
+    from tqdm import tqdm
+
+    return tqdm(loader, desc=desc, leave=False, mininterval=1.0, dynamic_ncols=True)
+
+
+def train_epoch(
+    model,
+    loader,
+    optimizer,
+    sp: Sparsifier,
+    recipe: Recipe,
+    epoch: int,
+    criterion,
+    info: DistInfo = SINGLE,
+) -> dict[str, float]:
+    """One epoch; the LR is set before every step from the pure schedule. ``model`` is what the
+    forward pass goes through (the DistributedDataParallel wrapper under torchrun)."""
+    tr = recipe.train
+    model.train()
+    loader.set_epoch(epoch)
+    loss_sum, correct, seen = 0.0, 0, 0
+    show = tr.progress and info.main
+    bar = _progress(loader, show, f"epoch {epoch + 1}/{tr.epochs}")
+    for x, y in bar:
+        lr = lr_for(recipe, sp.epoch, sp)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        if tr.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = model(x)
+        loss = criterion(out, y)
+        total = loss + sp.penalty()
+        if not torch.isfinite(total):
+            raise TrainingError(
+                f"non-finite loss ({total.detach().item()}) at epoch {epoch + 1}, "
+                f"step {sp.steps + 1}; "
+                "the last good checkpoint is kept (lower train.lr?)"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        sp.step()
+        loss_sum += loss.item() * len(y)
+        correct += int((out.argmax(1) == y).sum())
+        seen += len(y)
+        if show and sp.steps % 10 == 0:
+            bar.set_postfix(
+                loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}", lr=f"{lr:.3g}"
+            )
+    loss_sum, correct, seen = all_sum([loss_sum, correct, seen], info)
+    return {
+        "lr": lr_for(recipe, sp.epoch, sp),
+        "train_loss": loss_sum / max(seen, 1),
+        "train_top1": 100.0 * correct / max(seen, 1),
+    }
+
+
+def run(
+    recipe: Recipe,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    init: str | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Train ``recipe`` into ``out_dir`` and return the summary (also written to summary.json).
+
+    Under torchrun (``WORLD_SIZE`` > 1) every process runs this: data is sharded, the model is
+    wrapped in DistributedDataParallel, ``data.batch_size`` is the global batch, metrics are
+    reduced over ranks, masks are checked identical across ranks, and rank 0 alone writes files.
+    """
+    info = init_from_env()
+    try:
+        return _run(
+            recipe, Path(out_dir), info, resume=resume, overwrite=overwrite, init=init, log=log
+        )
+    finally:
+        shutdown(info)
+
+
+def _run(recipe: Recipe, out: Path, info: DistInfo, *, resume, overwrite, init, log) -> dict:
+    if not info.main:
+        log = _quiet
+    runfiles.prepare_out_dir(out, resume=resume, overwrite=overwrite, write=info.main)
+    barrier(info)
+    tr = recipe.train
+    if tr.threads:
+        torch.set_num_threads(tr.threads)
+    torch.use_deterministic_algorithms(tr.deterministic)
+    torch.manual_seed(tr.seed)
+    data_cfg = dataclasses.replace(
+        recipe.data, batch_size=per_rank_batch(recipe.data.batch_size, info.world_size)
+    )
+    data = build_data(data_cfg, seed=tr.seed, rank=info.rank, world_size=info.world_size)
+    model = build_model(recipe, data.num_classes, data.in_channels)
+
+    method = METHODS.get(recipe.sparsity.method)
+    if init is not None:
+        runfiles.load_init(model, init)
+    elif method.needs_init and not resume:
+        raise ConfigError(
+            f"method '{recipe.sparsity.method}' starts from a trained model: "
+            "give --init RUN_DIR or a weights file"
+        )
+    if tr.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, tr)
+    sp = sparsify_(
+        model,
+        recipe.sparsity,
+        steps_per_epoch=len(data.train),
+        optimizer=optimizer,
+        epochs=tr.epochs,
+    )
+    sp.dist = info
+    forward = _ddp(model, info)
+    history: list[dict] = []
+    start_epoch, wall = 0, 0.0
+    if resume:
+        start_epoch, history, wall = runfiles.load_checkpoint(out, model, optimizer, sp)
+        log(f"resuming {out} at epoch {start_epoch + 1}/{tr.epochs}")
+    elif info.main:
+        runfiles.write_recipe(out, recipe)
+    criterion = nn.CrossEntropyLoss(label_smoothing=tr.label_smoothing)
+    for epoch in range(start_epoch, tr.epochs):
+        t0 = time.perf_counter()
+        row = {
+            "epoch": epoch + 1,
+            **train_epoch(forward, data.train, optimizer, sp, recipe, epoch, criterion, info),
+        }
+        if (epoch + 1) % tr.eval_every == 0 or epoch + 1 == tr.epochs:
+            ev = evaluate(model, data.test, tr.channels_last, info)
+            row.update(test_loss=ev["loss"], test_top1=ev["top1"], test_top5=ev["top5"])
+        row["sparsity"] = overall_sparsity(sp.report())
+        row.update(sp.method.metrics())
+        row["time"] = time.perf_counter() - t0
+        wall += row["time"]
+        history.append(row)
+        if info.main:
+            runfiles.save_checkpoint(out, model, optimizer, sp, epoch + 1, history, wall)
+            runfiles.write_metrics(out, history)
+        barrier(info)
+        log(_epoch_line(row, tr.epochs))
+    violations = sp.verify()
+    sp.finalize()
+    final = evaluate(model, data.test, tr.channels_last, info)
+    ranks = {
+        "world_size": info.world_size,
+        "mask_checksums": gather_ints(mask_checksum(sp.masks()), info),
+        "weight_checksums": gather_ints(weight_checksum(model), info),
+    }
+    summary = {}
+    if info.main:
+        summary = runfiles.finish(
+            out, recipe, model, sp, final, history, wall, violations, extra={"ranks": ranks}
+        )
+        log("")
+        log(format_summary(summary))
+    barrier(info)
+    return summary
+
+
+def _quiet(*args, **kwargs) -> None:
+    """Ranks other than 0 print nothing."""
+
+
+def _ddp(model: nn.Module, info: DistInfo) -> nn.Module:
+    """The model the forward pass goes through: DistributedDataParallel when distributed."""
+    if not info.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model)
+
+
+def _epoch_line(row: dict[str, Any], epochs: int) -> str:
+    test = (
+        f"  test loss {row['test_loss']:.4f}  top-1 {row['test_top1']:.2f}%"
+        if "test_top1" in row
+        else ""
+    )
+    return (
+        f"epoch {row['epoch']}/{epochs}  lr {row['lr']:.4g}  train loss "
+        f"{row['train_loss']:.4f}  top-1 {row['train_top1']:.2f}%{test}  "
+        f"sparsity {row['sparsity']:.4f}  {row['time']:.0f} s"
+    )
