@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ..core.dist import DistInfo, check_masks
 from ..core.errors import ConfigError
@@ -320,12 +321,12 @@ def _check_steps_per_epoch(steps_per_epoch: Any, method: str, needed: bool) -> N
 
 def finalize_(model: nn.Module) -> nn.Module:
     """Bake every weight parametrization of ``model``, and the masks on BatchNorm biases, into
-    plain tensors, without a handle."""
-    from torch.nn.utils import parametrize
-
+    plain tensors, without a handle. Safe on a deep copy: the model it was copied from keeps
+    its parametrizations."""
     for module in model.modules():
         if not parametrize.is_parametrized(module):
             continue
+        _own_class(module)
         for name, plist in list(module.parametrizations.items()):
             # Every weight, as always; other tensors (a BatchNorm's bias) where sparsegrain
             # masked them, leaving a user's own parametrizations of them alone.
@@ -333,3 +334,13 @@ def finalize_(model: nn.Module) -> nn.Module:
                 parametrize.remove_parametrizations(module, name, leave_parametrized=True)
                 masking.positive_zeros_(getattr(module, name))
     return model
+
+
+def _own_class(module: nn.Module) -> None:
+    """Give a parametrized module a class of its own. ``remove_parametrizations`` deletes the
+    tensor's property from ``type(module)``, PyTorch's generated ``Parametrized*`` class, and
+    ``copy.deepcopy`` of a parametrized model shares that class with the original: baking the
+    copy would take ``weight`` away from the original's modules too."""
+    cls = type(module)
+    body = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, body)
