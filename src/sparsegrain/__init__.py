@@ -9,10 +9,11 @@ The packages, lowest layer first, are described in ARCHITECTURE.md; ``sparsegrai
 import importlib
 
 from .core.errors import ConfigError
+from .core.version import VERSION
 from .recipe.load import Recipe, load_recipe
 from .sparsity.handle import Sparsifier, finalize_, sparsify_
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 _LAZY = ("analysis", "compact", "data", "deploy", "methods", "models", "structures")
 

@@ -340,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from . import __version__
+    from .core.version import VERSION as __version__
 
     return f"sparsegrain {__version__}"
 
