@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 DATA ?= /usr/share/datasets/fashion-mnist
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test lint data venv clean
+.PHONY: demo test test-fast lint data venv clean
 
 venv: $(VENV)/.installed
 
@@ -46,6 +46,10 @@ demo: venv data
 
 test: $(VENV)/.test-installed
 	$(BIN)/python -m pytest
+
+# The suite without the tests marked slow (torchrun, kill-and-resume, sweeps): for quick loops.
+test-fast: $(VENV)/.test-installed
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check src tests bench

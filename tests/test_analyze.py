@@ -180,6 +180,7 @@ def test_mask_picture_layout():
     ]
 
 
+@pytest.mark.slow
 def test_sweep_grid_points_and_a_tiny_sweep(runs, tmp_path, capsys):
     from sparsegrain.train.sweep import grid_points
 

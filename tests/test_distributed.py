@@ -13,6 +13,8 @@ from conftest import train_cli
 
 from sparsegrain.core.io import load_tensors
 
+pytestmark = pytest.mark.slow  # torchrun with two processes: a few seconds a test
+
 RECIPE = {
     "model": {"name": "mlp_tiny", "input_size": 8},  # no BatchNorm: ranks see the same model
     "data": {

@@ -54,6 +54,7 @@ def epochs_done(out) -> int:
     return len(path.read_text().splitlines()) if path.is_file() else 0
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_moment_then_resume_gives_identical_bits(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(RECIPE))

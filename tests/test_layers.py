@@ -156,6 +156,7 @@ ALONE = [m for m in MODULES if m != "sparsegrain.__main__"]  # that one runs the
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.slow
 def test_every_module_imports_alone_in_a_fresh_process():
     """Each module is imported in a process of its own, where no other sparsegrain module
     was loaded before: an import cycle kept open by import order shows up here."""
