@@ -1,4 +1,4 @@
-"""Measured CPU latency of pruned models: dense vs physically compacted (vs sparse kernels).
+"""Measured CPU latency of pruned models: dense vs physically compacted vs sparse kernels.
 
 Reproduce (CPU; the full grid takes tens of minutes, ``--quick`` a few seconds):
 
@@ -11,11 +11,12 @@ classes) at batch 1 and 32, each pruned on its random init by one-shot magnitude
 (``sparsify_`` with method ``oneshot``, default layer exclusions: first conv and classifier)
 and finalized: speed does not depend on training. For each (structure, target):
 
-- **compact**: ``sparsegrain.compact.compact`` removes zeroed filters/channels (exact rule:
-  ``compact/plan.py``); its speedup over the dense model is compared with the **ideal** one,
+- **compact**: ``sparsegrain.deploy.compact.compact`` removes zeroed filters/channels (exact rule:
+  ``deploy/compact/plan.py``); its speedup over the dense model is compared with the **ideal** one,
   dense MACs / compacted MACs (``analysis.flops``), as ``frac = speedup / ideal``;
-- **kernels** (when ``sparsegrain.kernels.to_sparse_kernels`` exists): the masked model with its
-  sparse layers on sparse CPU kernels where they measured faster.
+- **kernels** (``sparsegrain.deploy.kernels.to_sparse_kernels``, skipped with ``--no-kernels``):
+  the masked model with its layers of at least ``target - 0.05`` sparsity on sparse CPU kernels
+  where they measured faster on the input they will run on.
 
 Timing: every variant runs once per round, rounds interleaved (``--repeats`` of them, after a
 warm-up), so a change of machine load hits all alike; each time is the median over rounds,
@@ -28,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import importlib
-import inspect
 import json
 import statistics
 import time
@@ -41,6 +40,7 @@ from torch.fx.experimental.optimization import fuse
 import sparsegrain
 from sparsegrain.core.tables import format_table
 from sparsegrain.deploy.compact import compact
+from sparsegrain.deploy.kernels import to_sparse_kernels
 from sparsegrain.models import create_model
 
 # name -> (zoo model, options, in_channels, classes, image size)
@@ -58,26 +58,18 @@ def pruned(spec, structure: str, target: float, seed: int = 0):
     name, options, channels, classes, _ = spec
     torch.manual_seed(seed)
     model = create_model(name, num_classes=classes, in_channels=channels, **options)
+    # oneshot with start 0 prunes when attached; no training step follows, so any step count does
     handle = sparsegrain.sparsify_(
-        model, {"method": "oneshot", "structure": structure, "target": target}
+        model, {"method": "oneshot", "structure": structure, "target": target}, steps_per_epoch=1
     )
     handle.finalize()
     return model.eval()
 
 
-def kernels_fn():
-    try:
-        return importlib.import_module("sparsegrain.kernels").to_sparse_kernels
-    except (ImportError, AttributeError):
-        return None
-
-
-def sparse_kernels(fn, model, x, target: float):
-    kw = {}
-    if "min_sparsity" in inspect.signature(fn).parameters:
-        kw["min_sparsity"] = max(0.0, target - 0.05)
-    out = fn(model, x, **kw)
-    return out[0] if isinstance(out, tuple) else out
+def sparse_kernels(model, x, target: float):
+    """``model`` with each layer of at least ``target - 0.05`` sparsity on a sparse kernel where
+    one measured faster on ``x`` (a layer a little under the target still counts as pruned)."""
+    return to_sparse_kernels(model, x, min_sparsity=max(0.0, target - 0.05))[0]
 
 
 @torch.inference_mode()
@@ -112,7 +104,7 @@ def keep_heap() -> bool:
     return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**30))
 
 
-def measure(spec, batch: int, structure: str, target: float, args, kernels) -> dict:
+def measure(spec, batch: int, structure: str, target: float, args) -> dict:
     size = spec[4]
     x = torch.randn(batch, spec[2], size, size)
     dense = pruned(spec, structure, target)
@@ -123,8 +115,8 @@ def measure(spec, batch: int, structure: str, target: float, args, kernels) -> d
     if args.channels_last:
         variants = {k: m.to(memory_format=torch.channels_last) for k, m in variants.items()}
         x = x.contiguous(memory_format=torch.channels_last)
-    if kernels is not None and not args.no_kernels:  # chosen on the input it will run on
-        variants["kernels"] = sparse_kernels(kernels, variants["dense"], x, target)
+    if not args.no_kernels:  # chosen on the input it will run on
+        variants["kernels"] = sparse_kernels(variants["dense"], x, target)
     with torch.inference_mode():
         ref = dense(x)
         diff = {k: float((m(x) - ref).abs().max()) for k, m in variants.items() if k != "dense"}
@@ -199,13 +191,12 @@ def main() -> None:
         f"settings: channels_last={args.channels_last} fuse_bn={args.fuse_bn} "
         f"keep_heap={heap} threads={torch.get_num_threads()}"
     )
-    kernels = kernels_fn()
     out = []
     for name in args.models.split(","):
         spec = models[name]
         for batch in [int(b) for b in args.batches.split(",")]:
             rows = [
-                measure(spec, batch, s, float(t), args, kernels)
+                measure(spec, batch, s, float(t), args)
                 for s in args.structures.split(",")
                 for t in args.targets.split(",")
             ]

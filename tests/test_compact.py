@@ -1,6 +1,6 @@
 """Compaction: hand-pruned tiny models with exact channel and parameter counts, the coupled
 residual stream, constants of zeroed filters (BN shift), untraceable models, the zoo, the file
-round trip without pickle, and ColumnSparseConv2d."""
+round trip without pickle."""
 
 import pytest
 import torch
@@ -10,13 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from sparsegrain import sparsify_
-from sparsegrain.deploy.compact import (
-    ColumnSparseConv2d,
-    columnize_,
-    compact,
-    load_compact,
-    save_compact,
-)
+from sparsegrain.deploy.compact import compact, load_compact, save_compact
 from sparsegrain.models import create_model
 
 TOL = 1e-5
@@ -240,56 +234,6 @@ def test_save_load_without_pickle(tmp_path, monkeypatch):
     back2, _ = load_compact(tmp_path / "c.safetensors", model=fresh)
     with torch.no_grad():
         assert torch.equal(back2(x), r.model(x))
-
-
-@pytest.mark.parametrize(
-    "kw",
-    [
-        {"padding": 1},
-        {"padding": 0, "stride": 2},
-        {"padding": 2, "dilation": 2, "stride": 2, "bias": True},
-        {"padding": (1, 0), "kernel_size": (3, 1)},
-    ],
-)
-def test_column_sparse_conv_is_exact(kw):
-    torch.manual_seed(0)
-    kw = {"kernel_size": 3, "bias": False, **kw}
-    conv = nn.Conv2d(6, 5, **kw)
-    with torch.no_grad():
-        w = conv.weight.view(5, -1)
-        w[:, torch.randperm(w.shape[1])[: w.shape[1] * 2 // 3]] = 0
-    cs = ColumnSparseConv2d(conv)
-    assert cs.columns.numel() == conv.weight[0].numel() - conv.weight[0].numel() * 2 // 3
-    x = torch.randn(3, 6, 11, 9)
-    with torch.no_grad():
-        diff = float((cs(x) - conv(x)).abs().max())
-    assert diff <= TOL
-
-
-def test_columnize_a_model():
-    torch.manual_seed(0)
-    m = create_model("resnet_tiny", num_classes=10, in_channels=3).eval()
-    sparsify_(
-        m, {"method": "oneshot", "structure": "shape", "target": 0.5}, steps_per_epoch=1
-    ).finalize()
-    x = x12()
-    with torch.no_grad():
-        ref = m(x)
-        names = columnize_(m, min_sparsity=0.4)
-        assert names and all(isinstance(m.get_submodule(n), ColumnSparseConv2d) for n in names)
-        assert float((m(x) - ref).abs().max()) <= TOL
-
-
-def test_f_conv_reference_for_column_gather():
-    """The gather index reads the same taps as F.conv2d on a hand-made 1-channel example."""
-    conv = nn.Conv2d(1, 1, 2, bias=False)
-    with torch.no_grad():
-        conv.weight.copy_(torch.tensor([[[[1.0, 0.0], [0.0, 2.0]]]]))
-    x = torch.arange(9.0).view(1, 1, 3, 3)
-    cs = ColumnSparseConv2d(conv)
-    assert cs.columns.tolist() == [0, 3]
-    assert torch.equal(cs(x), F.conv2d(x, conv.weight))
-    assert cs(x).flatten().tolist() == [0 + 8, 1 + 10, 3 + 14, 4 + 16]
 
 
 class CatSE(nn.Module):

@@ -9,7 +9,6 @@ import torch
 import yaml
 from conftest import first_step, tiny_recipe, train_cli
 
-import sparsegrain
 from sparsegrain import cli
 from sparsegrain.core.io import load_tensors
 from sparsegrain.deploy.compact import compact, load_compact

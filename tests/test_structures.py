@@ -804,3 +804,54 @@ def test_global_mixed_sizes_by_band_equals_the_full_sort(s, seed, ties, score):
     assert len(taken) == 1
     if not ties:
         assert taken[0] is not None  # the band held the boundary: no fallback to the sort
+
+
+# -- what storage and deployment read from the contract -------------------------------------------
+
+# spec -> (element_granular, index_group spec or None, quota_levels specs)
+CONTRACT = {
+    "fine": (True, None, ("fine",)),
+    "vector": (False, "vector", ("vector",)),
+    "kernel": (False, "kernel", ("kernel",)),
+    "filter": (False, "filter", ("filter",)),
+    "channel": (False, "channel", ("channel",)),
+    "shape": (False, "shape", ("shape",)),
+    "window": (True, None, ("window",)),
+    "kernel-quota": (False, "kernel", ("kernel-quota",)),
+    "combined": (True, "kernel", ("kernel-quota", "window")),
+    "combined:0.3": (True, "kernel", ("kernel-quota", "window")),
+    "nm:2:4": (True, None, ("nm:2:4",)),
+    "nm:1:8": (True, None, ("nm:1:8",)),
+    "block:4x4": (False, "block:4x4", ("block:4x4",)),
+    "block:1x2": (False, "block:1x2", ("block:1x2",)),
+}
+
+
+def test_contract_covers_every_registered_structure():
+    assert {parse_structure(spec).name for spec in CONTRACT} == set(STRUCTURES.names())
+
+
+@pytest.mark.parametrize("spec", list(CONTRACT))
+def test_contract_values(spec):
+    element_granular, index_group, levels = CONTRACT[spec]
+    st_ = parse_structure(spec)
+    assert st_.element_granular is element_granular
+    assert (None if st_.index_group is None else st_.index_group.spec) == index_group
+    assert tuple(level.spec for level in st_.quota_levels) == levels
+
+
+@pytest.mark.parametrize("spec", list(CONTRACT))
+def test_contract_levels_nest_and_index_groups_are_the_outer_groups(spec):
+    """Level i+1's (G, E) of each domain is level i's group, row-major; the last level's groups
+    are the structure's; the index group's groups are the first level's, in the same order."""
+    st_ = parse_structure(spec)
+    w4 = torch.arange(16 * 8 * 3 * 3).reshape(16, 8, 3, 3)
+    levels = st_.quota_levels
+    for outer, inner in zip(levels, levels[1:]):
+        _, g, e = inner.layout(tuple(w4.shape))
+        assert torch.equal(outer.group_view(w4).reshape(-1, g, e), inner.group_view(w4))
+    assert torch.equal(levels[-1].group_view(w4), st_.group_view(w4))
+    if st_.index_group is not None:
+        e = levels[0].layout(tuple(w4.shape))[2]
+        groups = st_.index_group.group_view(w4).reshape(-1, e)
+        assert torch.equal(groups, levels[0].group_view(w4).reshape(-1, e))

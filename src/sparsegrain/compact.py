@@ -1,10 +1,8 @@
 """``sparsegrain.compact``: the public name of ``sparsegrain.deploy.compact``."""
 
 from .deploy.compact import (
-    ColumnSparseConv2d,
     CompactResult,
     LayerChannels,
-    columnize_,
     compact,
     load_compact,
     save_compact,
@@ -12,10 +10,8 @@ from .deploy.compact import (
 )
 
 __all__ = [
-    "ColumnSparseConv2d",
     "CompactResult",
     "LayerChannels",
-    "columnize_",
     "compact",
     "load_compact",
     "save_compact",

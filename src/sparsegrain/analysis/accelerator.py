@@ -21,10 +21,11 @@ Per layer, per example. Weight ``W`` is ``(K, Cg, R, S)`` (``Cg = C/g`` for ``g`
 - ``weight = nnz(W) * T``: each PE fetches the non-zero weights of every output-channel group
   once (each weight is in exactly one group).
 - ``weight_index = frags(W) * T``, with ``frags`` the number of distinct (index group,
-  output-channel group) pairs holding a non-zero. The index group is one element for fine, window,
-  nm, combined and a layer left dense (one index per non-zero weight), and the structure's group
-  otherwise: a kept kernel (kernel, kernel-quota) or filter needs one index, a kept input channel
-  or GEMM column one per output-channel group it spans.
+  output-channel group) pairs holding a non-zero. The index group is one element for a layer left
+  dense and for structures that are ``element_granular`` (fine, window, nm, combined: one index per
+  non-zero weight), and a group of ``Structure.index_group`` otherwise: a kept kernel (kernel,
+  kernel-quota) or filter needs one index, a kept input channel or GEMM column one per
+  output-channel group it spans.
 - ``activation = pairs * a * H * W``, with ``pairs`` the number of (output-channel group, input
   channel) pairs whose weights ``W[group, c, :, :]`` hold a non-zero: the non-zero activations of
   channel ``c`` are read once per output-channel group that uses them (a dense layer: ``a * C * H
@@ -52,7 +53,7 @@ import torch
 from torch import Tensor
 
 from ..core.tables import format_table
-from ..structures import NM, Combined, Fine, Structure, Window, as_4d, parse_structure
+from ..structures import Structure, as_4d, parse_structure
 from .flops import LayerGeometry, flops
 
 MODEL_NOTE = (
@@ -101,11 +102,12 @@ def channel_groups(k: int, groups: int, kc: int) -> Tensor:
 
 def _index_groups(occ4: Tensor, st: Structure | None) -> Tensor:
     """``(K, C, R, S)`` int64: the index group of every element (see the module doc)."""
-    if st is None or isinstance(st, (Fine, Window, NM, Combined)):
+    gst = None if st is None or st.element_granular else st.index_group
+    if gst is None:
         return torch.arange(occ4.numel()).reshape(occ4.shape)
-    d, g, e = st.layout(tuple(occ4.shape))
+    d, g, e = gst.layout(tuple(occ4.shape))
     ids = torch.arange(d * g).reshape(d, g, 1).expand(d, g, e)
-    return st.from_group_view(ids, tuple(occ4.shape))
+    return gst.from_group_view(ids, tuple(occ4.shape))
 
 
 def _fragments(occ4: Tensor, st: Structure | None, group_of_k: Tensor) -> int:

@@ -19,21 +19,23 @@ not counted):
   3-bit gap reach 8 (it stores ``gap - 1``); here a gap reaches ``2**b - 1`` and the code 0 is
   only used by an entry at position 0. No row pointers: gaps run across rows.
 - ``group`` (coarse structures: vector, kernel, filter, channel, shape, block; kernel-quota and
-  combined at kernel granularity): groups are taken in the structure's ``group_view`` order
-  (kernels in ``(k, c)`` order for kernel, kernel-quota and combined; columns in ``(c, r, s)``
-  order for shape; blocks row-major over the GEMM view). A group is kept when it holds any
-  non-zero, and all ``E`` elements of a kept group are stored as values, zeros included. The kept
-  groups are addressed by whichever is smaller in total: ``relative`` (the csr rule above on the
-  group sequence; a filler is a whole group of ``E`` zero values plus its gap) or ``bitmap`` (one
-  bit per group); ties go to ``bitmap``. ``group = address + kept*E*v``.
+  combined at kernel granularity; the groups of ``Structure.index_group``): groups are taken in
+  its ``group_view`` order (kernels in ``(k, c)`` order for kernel, kernel-quota and combined;
+  columns in ``(c, r, s)`` order for shape; blocks row-major over the GEMM view). A group is
+  kept when it holds any non-zero, and all ``E`` elements of a kept group are stored as values,
+  zeros included. The kept groups are addressed by whichever is smaller in total: ``relative``
+  (the csr rule above on the group sequence; a filler is a whole group of ``E`` zero values plus
+  its gap) or ``bitmap`` (one bit per group); ties go to ``bitmap``. ``group = address +
+  kept*E*v``.
 - ``quota`` and ``quota-rank`` (balanced structures: window, kernel-quota, nm, combined): every
   domain of ``G`` groups keeps the same count ``n`` (the largest count over the domains; a domain
   with fewer kept groups stores extra zero groups). ``quota`` stores each kept group's position in
   its domain, ``ceil(log2 G)`` bits per kept group; ``quota-rank`` stores per domain the rank of
   its subset among all ``C(G, n)``, ``ceil(log2 C(G, n))`` bits. Both add ``D*n*E*v`` value bits.
   N:M metadata as sparse tensor cores use it is ``quota`` with ``G = M`` (2:4 -> 2 bits per kept
-  element). Combined has two levels: per filter ``m`` of ``C`` kernels, then per kept kernel
-  ``n`` of ``R*S`` elements (``n`` the largest count over kept kernels).
+  element). Combined has two levels (``Structure.quota_levels``): per filter ``m`` of ``C``
+  kernels, then per kept kernel ``n`` of ``R*S`` elements (``n`` the largest count over kept
+  kernels).
 
 The bound: ``log2`` of the number of masks the structure allows at the observed count, plus the
 value bits of what that description stores, taken as the smallest over the levels at which the
@@ -63,10 +65,9 @@ import torch
 from torch import Tensor
 
 from ..core.tables import format_table
-from ..structures import Combined, Kernel, KernelQuota, Structure, as_4d, parse_structure
+from ..structures import Structure, as_4d, parse_structure
 
 ENCODINGS = ("bitmap", "csr", "group", "quota", "quota-rank")
-COARSE = ("vector", "kernel", "filter", "channel", "shape", "block", "kernel-quota", "combined")
 DENSE_NOTE = "a layer left dense is stored dense: BitWidths.dense (32) bits per weight"
 _EXACT_LIMIT = 4096  # log2 C(n, k) from exact integers up to this n, from lgamma above
 
@@ -139,13 +140,6 @@ def relative_fillers(positions: Tensor, index_bits: int) -> int:
 # -- occupancy at each level ----------------------------------------------------------------------
 
 
-def _group_structure(st: Structure) -> Structure | None:
-    """The structure whose groups the ``group`` encoding addresses (kernels for the quotas)."""
-    if st.name not in COARSE:
-        return None
-    return Kernel() if isinstance(st, (KernelQuota, Combined)) else st
-
-
 def _kept_groups(occ4: Tensor, st: Structure) -> tuple[Tensor, int]:
     """Bool ``(D*G,)`` kept groups in ``group_view`` order, and ``E``."""
     view = st.group_view(occ4)
@@ -153,23 +147,23 @@ def _kept_groups(occ4: Tensor, st: Structure) -> tuple[Tensor, int]:
 
 
 def _levels(occ4: Tensor, st: Structure) -> list[tuple[int, int, int]]:
-    """Balanced description: ``[(D, G, n), ...]`` per level; values are ``D*n*E`` of the last."""
-    k, c, r, s = occ4.shape
-    if isinstance(st, Combined):
-        per_kernel = occ4.reshape(k * c, r * s).sum(1)
-        m = int((per_kernel > 0).reshape(k, c).sum(1).max())
-        n = int(per_kernel.max())
-        return [(k, c, m), (k * m, r * s, n)]
-    view = st.group_view(occ4).any(-1)
-    d, g = view.shape
-    return [(d, g, int(view.sum(1).max()))]
+    """Balanced description: ``[(D, G, n), ...]`` per level of ``st.quota_levels``.
+
+    ``n`` is the largest count over the level's domains; below the first level the domains
+    stored are the groups the level above stored (``D * n`` of them), the others being empty.
+    """
+    levels: list[tuple[int, int, int]] = []
+    for level in st.quota_levels:
+        kept = level.group_view(occ4).any(-1)
+        d = kept.shape[0] if not levels else levels[-1][0] * levels[-1][2]
+        levels.append((d, kept.shape[1], int(kept.sum(1).max())))
+    return levels
 
 
 def _last_values(occ4: Tensor, st: Structure, levels: list[tuple[int, int, int]]) -> int:
     """Values stored by the balanced description: ``D*n*E`` of the last level."""
     d, _, n = levels[-1]
-    e = 1 if isinstance(st, Combined) else st.group_view(occ4).shape[-1]
-    return d * n * e
+    return d * n * st.quota_levels[-1].layout(tuple(occ4.shape))[2]
 
 
 # -- encodings ------------------------------------------------------------------------------------
@@ -213,7 +207,7 @@ def encode(t: Tensor, structure: str | Structure, bits: BitWidths | None = None)
         "bitmap": Cost(nnz * bits.value, numel),
         "csr": Cost((nnz + fillers) * bits.value, (nnz + fillers) * bits.index, fillers),
     }
-    gst = _group_structure(st)
+    gst = st.index_group
     if gst is not None:
         out["group"] = _group_cost(occ4, gst, bits)
     if st.balanced:
@@ -228,7 +222,7 @@ def bound(t: Tensor, structure: str | Structure, bits: BitWidths | None = None) 
     occ4 = _occupancy(t, st)
     numel, nnz = occ4.numel(), int(occ4.sum())
     terms = [log2_comb(numel, nnz) + nnz * bits.value]
-    gst = _group_structure(st)
+    gst = st.index_group
     if gst is not None:
         kept, e = _kept_groups(occ4, gst)
         n_kept = int(kept.sum())

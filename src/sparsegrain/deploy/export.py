@@ -8,8 +8,9 @@ Formats:
   weights as a plain ``state_dict`` (the run's ``model.safetensors``, re-checked).
 - ``onnx``: the (compacted) model through ``torch.onnx.export``, verified with onnxruntime;
   needs the ``onnx`` extra (``pip install 'sparsegrain[onnx]'``).
-- ``compressed``: ``sparsegrain.compressed.write_compressed`` with each layer's structure from the
-  run's ``summary.json`` (not with ``--compact``: the structures describe the masked shapes).
+- ``compressed``: ``sparsegrain.deploy.compressed.write_compressed`` with each layer's structure
+  from the run's ``summary.json`` (not with ``--compact``: the structures describe the masked
+  shapes).
 
 Each check runs the exported model on a batch of the run's test images and reports the largest
 absolute difference to the masked model's outputs.

@@ -21,6 +21,7 @@ class Fine(Structure):
 
     name = "fine"
     group = "one element W[k,c,r,s]"
+    element_granular = True
 
     def _fits4(self, shape4: Shape4) -> str | None:
         k, c, r, s = shape4
@@ -189,6 +190,7 @@ class Window(Structure):
     group = "one element W[k,c,r,s]"
     domain = "each kernel W[k,c,:,:] (the same number n of R*S kept in every kernel)"
     balanced = True
+    element_granular = True
 
     def _fits4(self, shape4: Shape4) -> str | None:
         _, _, r, s = shape4
@@ -222,6 +224,11 @@ class KernelQuota(Structure):
     group = "one kernel W[k,c,:,:]"
     domain = "each filter W[k,:,:,:] (the same number m of C kernels kept in every filter)"
     balanced = True
+
+    @property
+    def index_group(self) -> Structure:
+        """``kernel``: the same kernels, addressed across the layer in ``(k, c)`` order."""
+        return Kernel()
 
     def _fits4(self, shape4: Shape4) -> str | None:
         if shape4[1] < 2:

@@ -187,13 +187,19 @@ class Structure:
     """A group (zeroed and scored together) and a balance domain (same number kept in each).
 
     Subclasses set ``name``, ``group``/``domain`` (words for help and messages) and implement
-    ``layout`` / ``group_view`` / ``from_group_view``; everything else follows from those.
+    ``layout`` / ``group_view`` / ``from_group_view``; everything else follows from those. What
+    storage, file formats and cost models need to know beyond the view is here too
+    (``element_granular``, ``index_group``, ``quota_levels``), so none of them names a structure.
     """
 
     name: ClassVar[str] = ""
     group: ClassVar[str] = ""  # what one group is, for describe()
     domain: ClassVar[str] = "the layer"
     balanced: ClassVar[bool] = False  # True when a domain is smaller than the layer
+    element_granular: ClassVar[bool] = False
+    """True when the finest choice the structure makes is about single elements (fine, window,
+    nm, combined: window inside the kept kernels), so a sparse format needs one index per kept
+    element; False when all elements of a kept group share one index (every coarse structure)."""
 
     @classmethod
     def from_params(cls, params: Sequence[str], spec: str) -> Structure:
@@ -211,6 +217,35 @@ class Structure:
     def fixed_sparsity(self) -> float | None:
         """The sparsity the structure itself implies (``1 - n/m`` for N:M), else None."""
         return None
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """Lines ``describe`` adds after the group and domain: what the parameters imply."""
+        return ()
+
+    # what storage and deployment need -----------------------------------------------------------
+
+    @property
+    def index_group(self) -> Structure | None:
+        """The structure whose groups a group-addressed format keeps whole: one index (or bit)
+        per kept group, all its ``E`` elements stored, zeros included; groups taken in its
+        ``group_view`` order over the layer. The structure itself for a coarse structure;
+        ``kernel`` for kernel-quota and combined (their kept units are kernels); None when a group
+        is one element (fine, window, nm): the element-wise formats (bitmap, csr) cover that."""
+        return None if self.element_granular else self
+
+    @property
+    def quota_levels(self) -> tuple[Structure, ...]:
+        """The structures whose per-domain counts describe a mask, outermost first.
+
+        ``(self,)`` for a one-level structure (a layer-domain one has one domain, the layer);
+        combined is ``(kernel-quota, window)``: kernels kept per filter, then elements kept per
+        kernel. Level ``i + 1``'s domains are level ``i``'s groups in their order, and the ``E``
+        elements of a level-``i`` group are level ``i + 1``'s ``(G, E)`` of that domain,
+        row-major; so a mask is the groups each level keeps inside those the level above kept,
+        and the last level's groups are the structure's own.
+        """
+        return (self,)
 
     # shape rules --------------------------------------------------------------------------------
 

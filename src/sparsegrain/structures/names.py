@@ -55,14 +55,5 @@ def describe(structure: str | Structure) -> str:
     entry = STRUCTURES.entry(st.name)
     aliases = f" (aliases: {', '.join(entry.aliases)})" if entry.aliases else ""
     lines = [f"{st.spec}{aliases}", f"  group: {st.group}", f"  domain: {st.domain}"]
-    if isinstance(st, NM):
-        lines.append(
-            f"  final sparsity 1 - {st.n}/{st.m} = {st.fixed_sparsity:g}; a target s keeps "
-            f"max({st.n}, {st.m} - round(s*{st.m})) of every {st.m}"
-        )
-    if isinstance(st, Combined):
-        lines.append(
-            f"  split {st.split:g}: (1 - s_kq) = (1 - s)^{st.split:g}, (1 - s_win) = "
-            f"(1 - s)^{1 - st.split:g} (our reconstruction; the Campfire paper does not give it)"
-        )
+    lines += [f"  {line}" for line in st.notes]
     return "\n".join(lines)

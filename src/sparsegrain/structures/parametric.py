@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from ..core.errors import ConfigError
-from .catalog import KernelQuota, Window
+from .catalog import Kernel, KernelQuota, Window
 from .core import Score, Shape4, Structure, check_sparsity, keep_count, unravel
 
 _NM_FORM = "nm:N:M with integers 1 <= N <= M (e.g. nm:2:4)"
@@ -47,6 +47,7 @@ class NM(Structure):
     group = "one element W[k,c,r,s]"
     domain = "M consecutive elements along C*R*S (c, r, s order) of each output row k"
     balanced = True
+    element_granular = True
 
     def __post_init__(self) -> None:
         ok = _as_ints(self, "n", "m")
@@ -67,6 +68,13 @@ class NM(Structure):
     @property
     def fixed_sparsity(self) -> float:
         return 1.0 - self.n / self.m
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return (
+            f"final sparsity 1 - {self.n}/{self.m} = {self.fixed_sparsity:g}; a target s keeps "
+            f"max({self.n}, {self.m} - round(s*{self.m})) of every {self.m}",
+        )
 
     def _fits4(self, shape4: Shape4) -> str | None:
         _, c, r, s = shape4
@@ -175,6 +183,7 @@ class Combined(Structure):
     group = "one element, in two levels: kernels per filter, then elements per surviving kernel"
     domain = "each filter keeps m of C kernels; each surviving kernel keeps n of R*S elements"
     balanced = True
+    element_granular = True
 
     def __post_init__(self) -> None:
         s = self.split
@@ -197,6 +206,23 @@ class Combined(Structure):
     @property
     def spec(self) -> str:
         return "combined" if self.split == 0.5 else f"combined:{self.split!r}"
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return (
+            f"split {self.split:g}: (1 - s_kq) = (1 - s)^{self.split:g}, (1 - s_win) = "
+            f"(1 - s)^{1 - self.split:g} (our reconstruction; the Campfire paper does not give it)",
+        )
+
+    @property
+    def index_group(self) -> Structure:
+        """``kernel``: a group-addressed format stores the kept kernels whole."""
+        return Kernel()
+
+    @property
+    def quota_levels(self) -> tuple[Structure, ...]:
+        """``(kernel-quota, window)``: m kernels per filter, then n elements per kept kernel."""
+        return (KernelQuota(), Window())
 
     def _fits4(self, shape4: Shape4) -> str | None:
         reason = KernelQuota()._fits4(shape4) or Window()._fits4(shape4)

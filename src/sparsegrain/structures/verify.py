@@ -4,12 +4,14 @@
   1. the structure fits ``t``'s shape, and a non-bool mask holds only 0 and 1;
   2. every group is entirely kept or entirely pruned;
   3. balanced structures (window, kernel-quota, nm): every domain keeps the same number of groups,
-     ``keep`` if given, else the most common count (the smallest one on a tie); combined: every
-     filter keeps the same number of kernels and every kept kernel the same number of elements;
-     layer-domain structures: the layer keeps ``keep`` groups, when ``keep`` is given.
+     ``keep`` if given, else the most common count (the smallest one on a tie); combined (two
+     ``quota_levels``): every filter keeps the same number of kernels and every kept kernel the
+     same number of elements; layer-domain structures: the layer keeps ``keep`` groups, when
+     ``keep`` is given.
 ``verify(t, structure, is_mask=False)`` checks a weight's zeros: a group with any non-zero counts
 as kept (so any pattern is covered by some mask, and there is no group check), and every domain
-keeps at most ``keep`` groups; with no ``keep`` only nm has a quota of its own (n per M).
+keeps at most ``keep`` groups; with no ``keep`` only a structure with a ``fixed_sparsity`` has a
+quota of its own (nm: n per M).
 ``keep`` is groups per domain (for layer-domain structures, groups in the layer), or ``(m, n)``
 for combined.
 """
@@ -23,7 +25,6 @@ from torch import Tensor
 
 from .core import Structure, as_4d
 from .names import parse_structure
-from .parametric import NM, Combined
 
 
 class _Report:
@@ -77,44 +78,37 @@ def _domains(
         )
 
 
-def _check_grouped(rep: _Report, st: Structure, occ4: Tensor, is_mask: bool, keep) -> None:
+def _check_groups(rep: _Report, st: Structure, occ4: Tensor) -> None:
+    """Masks: every group of ``st`` is entirely kept or entirely pruned."""
     shape4 = tuple(occ4.shape)
-    _, g, e = st.layout(shape4)
+    e = st.layout(shape4)[2]
     counts = st.group_view(occ4).sum(-1)  # (D, G) kept elements per group
-    if is_mask:
-        partial = ((counts > 0) & (counts < e)).nonzero()
-        rep.add(
-            partial,
-            lambda d, i: (
-                f"{st.spec}: {st.group_label(d, i, shape4)} is partly kept "
-                f"({int(counts[d, i])} of {e} elements)"
-            ),
-        )
-    per_domain = (counts > 0).sum(1)
-    if keep is None and is_mask and st.balanced:
-        keep = _common(per_domain)
-    if keep is None and not is_mask and isinstance(st, NM):
-        keep = st.n
-    _domains(rep, per_domain, g, lambda d: st.domain_label(d, shape4), is_mask, keep, st.spec)
+    partial = ((counts > 0) & (counts < e)).nonzero()
+    rep.add(
+        partial,
+        lambda d, i: (
+            f"{st.spec}: {st.group_label(d, i, shape4)} is partly kept "
+            f"({int(counts[d, i])} of {e} elements)"
+        ),
+    )
 
 
-def _check_combined(rep: _Report, st: Combined, occ4: Tensor, is_mask: bool, keep) -> None:
-    k, c, r, s = occ4.shape
-    m, n = keep if keep is not None else (None, None)
-    per_kernel = occ4.reshape(k, c, r * s).sum(-1)  # (K, C) kept elements per kernel
-    per_filter = (per_kernel > 0).sum(1)
-    alive = per_kernel.reshape(-1)[per_kernel.reshape(-1) > 0]
-    if is_mask and m is None:
-        m = _common(per_filter)
-        n = _common(alive) if alive.numel() else None
-    _domains(rep, per_filter, c, lambda d: f"filter {d}", is_mask, m, st.spec)
-    if n is None:
-        return
-    # Window level: only kernels that survived the kernel quota are checked.
-    flat = per_kernel.reshape(-1).clone()
-    if is_mask:
-        flat[flat == 0] = n
-    _domains(rep, flat, r * s, lambda d: f"kernel {divmod(d, c)}", is_mask, n, st.spec)
+def _check_level(
+    rep: _Report, st: Structure, level: Structure, occ4: Tensor, is_mask: bool, keep, inner: bool
+) -> None:
+    """The per-domain counts of one of ``st.quota_levels``; ``inner``: not the outermost level."""
+    shape4 = tuple(occ4.shape)
+    g = level.layout(shape4)[1]
+    per_domain = (level.group_view(occ4).sum(-1) > 0).sum(1)
+    # An inner level's domains are the outer level's groups: only the kept ones have a quota.
+    live = per_domain > 0 if inner else torch.ones_like(per_domain, dtype=torch.bool)
+    if keep is None and is_mask and st.balanced and bool(live.any()):
+        keep = _common(per_domain[live])
+    if keep is None and not is_mask and level.fixed_sparsity is not None:
+        keep = level.keep_per_domain(shape4, level.fixed_sparsity)  # nm: n of every M
+    if keep is not None and is_mask and inner:
+        per_domain = torch.where(live, per_domain, keep)
+    _domains(rep, per_domain, g, lambda d: level.domain_label(d, shape4), is_mask, keep, st.spec)
 
 
 def verify(
@@ -134,7 +128,10 @@ def verify(
     reason = st.fits(t.shape)
     if reason is not None:
         return [reason]
-    if isinstance(st, Combined) != isinstance(keep, tuple) and keep is not None:
+    levels = st.quota_levels  # keep: one count per level, a tuple when there are several
+    keeps = keep if isinstance(keep, tuple) else (keep,) * len(levels)
+    several = len(levels) > 1
+    if (keep is not None and several != isinstance(keep, tuple)) or len(keeps) != len(levels):
         raise ValueError(f"keep: expected (m, n) for combined, an int otherwise, got {keep!r}")
     rep = _Report(max_report)
     if is_mask and t.dtype != torch.bool:
@@ -142,10 +139,10 @@ def verify(
         if bad:
             rep.lines.append(f"{st.spec}: mask holds {bad} entries that are neither 0 nor 1")
     occ4 = as_4d(t.detach() != 0)
-    if isinstance(st, Combined):
-        _check_combined(rep, st, occ4, is_mask, keep)
-    else:
-        _check_grouped(rep, st, occ4, is_mask, keep)
+    if is_mask:
+        _check_groups(rep, st, occ4)
+    for i, (level, k) in enumerate(zip(levels, keeps)):
+        _check_level(rep, st, level, occ4, is_mask, k, inner=i > 0)
     return rep.result()
 
 

@@ -3,21 +3,17 @@
 ``compact(model, example_input)`` traces the model with ``torch.fx``, finds which tensors share a
 channel index (residual streams included) and removes a channel only where that is exact (rule in
 ``plan.py``), then checks the outputs. ``save_compact`` / ``load_compact`` store the result as
-safetensors + JSON, without pickle. ``ColumnSparseConv2d`` runs a conv with zero GEMM columns
-(``shape`` structure) as a gather + matmul over the kept columns only.
+safetensors + JSON, without pickle.
 """
 
-from .columns import ColumnSparseConv2d, columnize_
 from .core import CompactResult, compact
 from .io import load_compact, save_compact
 from .plan import LayerChannels
 from .rebuild import shrink_
 
 __all__ = [
-    "ColumnSparseConv2d",
     "CompactResult",
     "LayerChannels",
-    "columnize_",
     "compact",
     "load_compact",
     "save_compact",

@@ -1,13 +1,11 @@
-"""Sparse execution: PyTorch CSR/BSR kernels on CPU, chosen per layer by measurement, and 2:4
-semi-structured kernels on NVIDIA GPUs.
+"""Sparse execution on CPU: PyTorch CSR/BSR kernels, chosen per layer by measurement.
 
 A Linear ``y = x W^T + b`` runs as ``y^T = W_sparse @ x^T (+ b)``: the weight ``(K, C)`` is the
 sparse operand, as PyTorch's sparse-dense products want it on the left. A Conv2d (groups=1,
-zero padding) runs by im2col: ``unfold`` turns the input ``(N, C, H, W)`` into columns
-``(C*R*S, N*L)`` (rows in ``(c, r, s)`` order, the order of the ``(K, C*R*S)`` GEMM view every
-structure uses), then ``W_sparse (K, C*R*S) @ columns`` gives ``(K, N*L)``, reshaped to
-``(N, K, Ho, Wo)``. The results equal the dense layer's up to float rounding (the sums run in
-another order). The modules are for inference: no gradient flows to the sparse weight.
+zero padding) runs by im2col (``layers.im2col``): the columns ``(C*R*S, N*L)`` are multiplied by
+``W_sparse (K, C*R*S)``, giving ``(K, N*L)``, reshaped to ``(N, K, Ho, Wo)``. The results equal
+the dense layer's up to float rounding (the sums run in another order). The modules are for
+inference: no gradient flows to the sparse weight.
 
 ``to_sparse_kernels`` keeps a layer dense unless a sparse format measured faster on the example
 input: CSR and BSR products are only worth it at high sparsity, and how high depends on the
@@ -23,10 +21,10 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.tables import format_table
+from ...core.tables import format_table
+from .layers import candidates, conv_supported, im2col, set_module
 
 FORMATS = ("csr", "bsr")
 BLOCKS = ((16, 16), (8, 8), (4, 4), (2, 2))  # BSR block sizes tried by "bsr", largest first
@@ -127,31 +125,6 @@ class SparseLinear(_SparseMatmul):
         return f"{self.in_features}, {self.out_features}, format={self.format}"
 
 
-def conv_supported(conv: nn.Module) -> str | None:
-    """None if ``SparseConv2d`` (im2col) can run ``conv``, else the reason it cannot."""
-    if not isinstance(conv, nn.Conv2d):
-        return f"{type(conv).__name__} is not a Conv2d"
-    if conv.groups != 1:
-        return f"groups={conv.groups} (im2col path needs groups=1)"
-    if conv.padding_mode != "zeros":
-        return f"padding_mode={conv.padding_mode!r} (needs 'zeros')"
-    if isinstance(conv.padding, str) and conv.padding != "valid":
-        return f"padding={conv.padding!r} (needs explicit padding or 'valid')"
-    return None
-
-
-def im2col(x: Tensor, conv) -> tuple[Tensor, int, int, int]:
-    """``F.unfold`` of a (N, C, H, W) batch with ``conv``'s kernel_size/stride/padding/dilation:
-    columns (N, C*R*S, Ho*Wo) and N, Ho, Wo."""
-    n, _, h, w = x.shape
-    (kh, kw), (sh, sw) = conv.kernel_size, conv.stride
-    (ph, pw), (dh, dw) = conv.padding, conv.dilation
-    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    cols = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
-    return cols, n, ho, wo
-
-
 class SparseConv2d(_SparseMatmul):
     """``nn.Conv2d`` (groups=1, zero padding) by im2col and a sparse ``(K, C*R*S)`` weight."""
 
@@ -239,15 +212,6 @@ def _capture_inputs(model: nn.Module, example_input, names: set[str]) -> dict[st
     return seen
 
 
-def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in model.named_modules() if n and isinstance(m, (nn.Linear, nn.Conv2d))]
-
-
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-
-
 def _measure(name, module, args, formats, min_sparsity, repeats, timer) -> dict:
     w = module.weight.detach()
     sparsity = float((w == 0).sum()) / w.numel()
@@ -321,7 +285,7 @@ def to_sparse_kernels(
     for fmt in formats:
         _parse_format(fmt)
     model = copy.deepcopy(model)
-    cands = _candidates(model)
+    cands = candidates(model)
     inputs = _capture_inputs(model, example_input, {n for n, _ in cands})
     rows = []
     for name, module in cands:
@@ -329,7 +293,7 @@ def to_sparse_kernels(
             name, module, inputs.get(name), formats, min_sparsity, repeats, timer or time_call
         )
         if "module" in row:
-            _set_module(model, name, row.pop("module"))
+            set_module(model, name, row.pop("module"))
         rows.append(row)
     replaced = [r["name"] for r in rows if r["chosen"] != "dense"]
     report = {"layers": rows, "replaced": replaced, "repeats": repeats}
@@ -351,105 +315,3 @@ def format_kernel_report(report: dict) -> str:
     ]
     foot = f"fastest of {report['repeats']} interleaved calls, {report['threads']} threads"
     return format_table(rows, head) + "\n" + foot
-
-
-# -- 2:4 on NVIDIA GPUs ---------------------------------------------------------------------------
-
-SEMI_PAD = 64  # pad the (K, D) weight to multiples of 64: meets both backends' shape minimums
-
-
-def is_2_4(w2: Tensor) -> bool:
-    """True when every 4 consecutive weights along the input axis hold at most 2 non-zeros."""
-    return w2.shape[1] % 4 == 0 and bool(((w2 != 0).reshape(w2.shape[0], -1, 4).sum(-1) <= 2).all())
-
-
-class _SemiStructured(nn.Module):
-    """``y = x @ W^T + b`` with ``W (K, D)`` as a ``torch.sparse`` semi-structured tensor.
-
-    The weight is zero-padded to multiples of ``SEMI_PAD`` (zeros keep the 2:4 pattern), the
-    input to the padded width; the product runs in ``dtype`` (float16 or bfloat16: the 2:4
-    tensor-core formats) and comes back in the input's dtype.
-    """
-
-    def __init__(self, weight2d: Tensor, bias: Tensor | None, dtype: torch.dtype):
-        super().__init__()
-        k, d = weight2d.shape
-        self.out_dim, self.in_dim, self.dtype = k, d, dtype
-        kp, dp = -(-k // SEMI_PAD) * SEMI_PAD, -(-d // SEMI_PAD) * SEMI_PAD
-        padded = F.pad(weight2d.detach().to(dtype), (0, dp - d, 0, kp - k)).contiguous()
-        semi = torch.sparse.to_sparse_semi_structured(padded)
-        self.weight_semi = nn.Parameter(semi, requires_grad=False)
-        self.register_buffer("bias", None if bias is None else bias.detach().clone())
-
-    def _linear(self, x2: Tensor) -> Tensor:
-        pad = self.weight_semi.shape[1] - self.in_dim
-        y = F.linear(F.pad(x2.to(self.dtype), (0, pad)), self.weight_semi)[:, : self.out_dim]
-        y = y.to(x2.dtype)
-        return y if self.bias is None else y + self.bias
-
-
-class SemiStructuredLinear(_SemiStructured):
-    """``nn.Linear`` with a 2:4 weight on sparse tensor cores."""
-
-    def __init__(self, linear: nn.Linear, dtype: torch.dtype = torch.float16):
-        super().__init__(linear.weight, linear.bias, dtype)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._linear(x.reshape(-1, self.in_dim)).reshape(*x.shape[:-1], self.out_dim)
-
-
-class SemiStructuredConv2d(_SemiStructured):
-    """``nn.Conv2d`` (groups=1, zero padding) by im2col with a 2:4 ``(K, C*R*S)`` weight."""
-
-    def __init__(self, conv: nn.Conv2d, dtype: torch.dtype = torch.float16):
-        reason = conv_supported(conv)
-        if reason is not None:
-            raise ValueError(f"SemiStructuredConv2d cannot run this layer: {reason}")
-        super().__init__(conv.weight.reshape(conv.out_channels, -1), conv.bias, dtype)
-        self.kernel_size, self.stride, self.dilation = conv.kernel_size, conv.stride, conv.dilation
-        self.padding = (0, 0) if isinstance(conv.padding, str) else conv.padding
-
-    def forward(self, x: Tensor) -> Tensor:
-        batched = x.dim() == 4
-        cols, n, ho, wo = im2col(x if batched else x.unsqueeze(0), self)
-        y = self._linear(cols.transpose(1, 2).reshape(n * ho * wo, self.in_dim))  # (N*L, K)
-        y = y.reshape(n, ho * wo, self.out_dim).transpose(1, 2).reshape(n, -1, ho, wo)
-        return y if batched else y.squeeze(0)
-
-
-def to_semi_structured(
-    model: nn.Module, dtype: torch.dtype = torch.float16
-) -> tuple[nn.Module, dict]:
-    """A copy of ``model`` (on a CUDA device) in which every Linear and Conv2d whose weight is
-    2:4 along the input axis (``nm:2:4``) runs on PyTorch's semi-structured sparse tensors.
-
-    Needs an NVIDIA GPU with sparse tensor cores (compute capability 8.0+); raises RuntimeError
-    without CUDA. Report: ``layers`` (``name``, ``kind``, ``shape``, ``chosen``
-    ("semi-structured" or "dense"), ``note``) and ``replaced``.
-    """
-    if not torch.cuda.is_available():
-        raise RuntimeError(
-            "to_semi_structured needs an NVIDIA GPU: torch.cuda.is_available() is False"
-        )
-    if dtype not in (torch.float16, torch.bfloat16):
-        raise ValueError(f"dtype must be torch.float16 or torch.bfloat16, got {dtype}")
-    model = copy.deepcopy(model)
-    rows = []
-    for name, module in _candidates(model):
-        w2 = module.weight.detach().reshape(module.weight.shape[0], -1)
-        row = {"name": name, "kind": type(module).__name__, "shape": list(module.weight.shape)}
-        reason = conv_supported(module) if isinstance(module, nn.Conv2d) else None
-        if reason is None and not w2.is_cuda:
-            reason = "weight is not on a CUDA device (call model.cuda() first)"
-        if reason is None and not is_2_4(w2):
-            reason = "weight is not 2:4 along the input axis"
-        if reason is None:
-            cls = SemiStructuredLinear if isinstance(module, nn.Linear) else SemiStructuredConv2d
-            try:
-                _set_module(model, name, cls(module, dtype))
-            except RuntimeError as e:  # a GPU or dtype the semi-structured kernels refuse
-                reason = str(e).splitlines()[0]
-        row.update(chosen="dense" if reason else "semi-structured", note=reason or "")
-        rows.append(row)
-    replaced = [r["name"] for r in rows if r["chosen"] != "dense"]
-    return model, {"layers": rows, "replaced": replaced}
