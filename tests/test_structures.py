@@ -838,6 +838,7 @@ def test_contract_values(spec):
     assert st_.element_granular is element_granular
     assert (None if st_.index_group is None else st_.index_group.spec) == index_group
     assert tuple(level.spec for level in st_.quota_levels) == levels
+    assert st_.whole_filters is (spec == "filter")  # a group is a whole output channel
 
 
 @pytest.mark.parametrize("spec", list(CONTRACT))

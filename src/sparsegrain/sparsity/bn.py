@@ -43,7 +43,7 @@ def wants_norm(layer: Layer, prune_bn: bool | None) -> bool:
     """Whether ``layer``'s dropped filters take their BatchNorm channels along."""
     if layer.structure is None:
         return False
-    return prune_bn if prune_bn is not None else layer.structure.name == "filter"
+    return prune_bn if prune_bn is not None else layer.structure.whole_filters
 
 
 def find_norms(model: nn.Module, names: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:

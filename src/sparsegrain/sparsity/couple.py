@@ -193,8 +193,8 @@ def _refusal(members: list[str], found: list[Layer | None]) -> str:
             return f"'{name}' is not a targeted layer (sparsity.types)"
         if layer.structure is None:
             return f"'{name}' is not pruned ({layer.note or 'left dense'})"
-    specs = sorted({layer.structure.spec for layer in found})
-    if specs != ["filter"]:
+    if not all(layer.structure.whole_filters for layer in found):
+        specs = sorted({layer.structure.spec for layer in found})
         return f"only 'filter' layers are coupled, the set has {', '.join(specs)}"
     ks = sorted({layer.shape[0] for layer in found})
     if len(ks) > 1:

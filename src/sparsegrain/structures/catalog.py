@@ -105,6 +105,7 @@ class Filter(Structure):
 
     name = "filter"
     group = "one filter (output channel) W[k,:,:,:]"
+    whole_filters = True
 
     def _fits4(self, shape4: Shape4) -> str | None:
         if shape4[0] < 2:

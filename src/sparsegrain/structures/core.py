@@ -189,13 +189,16 @@ class Structure:
     Subclasses set ``name``, ``group``/``domain`` (words for help and messages) and implement
     ``layout`` / ``group_view`` / ``from_group_view``; everything else follows from those. What
     storage, file formats and cost models need to know beyond the view is here too
-    (``element_granular``, ``index_group``, ``quota_levels``), so none of them names a structure.
+    (``whole_filters``, ``element_granular``, ``index_group``, ``quota_levels``), so none of them names a structure.
     """
 
     name: ClassVar[str] = ""
     group: ClassVar[str] = ""  # what one group is, for describe()
     domain: ClassVar[str] = "the layer"
     balanced: ClassVar[bool] = False  # True when a domain is smaller than the layer
+    whole_filters: ClassVar[bool] = False
+    """True when a group is a whole filter (output channel) ``W[k,:,:,:]``: every dropped group
+    empties one output channel, which BatchNorm masking and coupled filter masks build on."""
     element_granular: ClassVar[bool] = False
     """True when the finest choice the structure makes is about single elements (fine, window,
     nm, combined: window inside the kept kernels), so a sparse format needs one index per kept
