@@ -19,9 +19,10 @@ first conv and classifier dense (sparsegrain's default). Configurations:
   pays for the exact quantile and the operator;
 - ``admm filter``: the ADMM penalty in every loss (rho 0.02, target 0.5), before the hard prune;
 - ``torch.nn.utils.prune``: ``l1_unstructured`` (0.7) forward pre-hooks on the same layers; its
-  update is the gradual loop's ``global_unstructured`` increment of ``bench/peers.py``;
+  update is a ``global_unstructured`` increment on top of the masks, as ``method: torch-prune``
+  makes at every mask update (``sparsegrain.methods.torch_prune``);
 - ``torch.ao WeightNorm``: ``WeightNormSparsifier`` (block 1x4, 0.7) parametrizations through the
-  GEMM-view adapter of ``bench/peers.py``; its update is ``sparsifier.step()``.
+  GEMM-view adapter of ``sparsegrain.methods.torch_ao``; its update is ``sparsifier.step()``.
 
 Columns: ``frozen`` is the median step with masks fixed, over dense; ``ramp`` adds one mask update
 amortized over the steps between updates (``--frequency``, 100 as in the recipes; for ADMM one
@@ -53,13 +54,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from peers import GemmWeightNormSparsifier, pruned_layers
 from torch import nn
 from torch.nn.utils import prune
 
 import sparsegrain
 from sparsegrain.core.tables import format_table
+from sparsegrain.methods.torch_ao import gemm_weight_norm_sparsifier
 from sparsegrain.models import create_model
+from sparsegrain.sparsity.masking import candidate_layers, default_exclude
 from sparsegrain.train.loop import param_groups
 
 MODELS = {
@@ -122,6 +124,12 @@ class Arm:
             self.updates.append(time.perf_counter() - t0)
 
 
+def pruned_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """sparsegrain's default targets: every Conv/Linear but the first conv and the classifier."""
+    skip = set(default_exclude(model))
+    return {n: m for n, m in candidate_layers(model) if n not in skip}
+
+
 def fresh(name: str, options: dict, in_channels: int):
     torch.manual_seed(0)
     model = create_model(name, num_classes=10, in_channels=in_channels, **options)
@@ -169,14 +177,14 @@ def torch_arms(spec: tuple, frequency: int) -> list[Arm]:
     _, name, options, in_channels, _ = spec
     model, opt = fresh(name, options, in_channels)
     layers = pruned_layers(model)
-    for m in layers.values():  # contiguous scores: prune refuses channels_last (peers.py)
+    for m in layers.values():  # contiguous scores: prune's .view(-1) refuses channels_last
         prune.l1_unstructured(
             m, "weight", amount=0.7, importance_scores=m.weight.detach().contiguous()
         )
     params = [(m, "weight") for m in layers.values()]
 
     def prune_update() -> None:
-        """One step of peers.py's gradual loop: 0.1% more of what is left, one global L1."""
+        """One gradual update (method torch-prune's): 0.1% more of what is left, global L1."""
         left = sum(int(m.weight_mask.sum()) for m in layers.values())
         scores = {
             (m, "weight"): (m.weight_orig * m.weight_mask).detach().contiguous()
@@ -193,7 +201,7 @@ def torch_arms(spec: tuple, frequency: int) -> list[Arm]:
         Arm("torch.nn.utils.prune l1 hooks", "torch", model, opt, None, prune_update, frequency)
     ]
     model, opt = fresh(name, options, in_channels)
-    sparsifier = GemmWeightNormSparsifier(sparsity_level=0.7, sparse_block_shape=(1, 4))
+    sparsifier = gemm_weight_norm_sparsifier(sparsity_level=0.7, sparse_block_shape=(1, 4))
     sparsifier.prepare(model, [{"tensor_fqn": f"{n}.weight"} for n in pruned_layers(model)])
     sparsifier.step()
     arms.append(

@@ -20,9 +20,9 @@
 # 0.5 and 0.7 (0.9 is its own recipe); StructADMM filter, channel, shape at 0.7 and 0.9, from
 # the dense run (trained first if missing). Dense, Campfire's structures, Feather 0.9 and ADMM
 # 0.5 come from bench/results/campfire_fmnist.json and feather_admm.json (see BENCHMARKS.md).
-# The peers (bench/peers.py, results bench/results/peers.json): torch.ao.pruning
-# WeightNormSparsifier + CubicSL with 1x4 blocks and 2:4, torch.nn.utils.prune global L1, on the
-# same schedule, loop and pruned layers.
+# The peers (bench/peers.py, results bench/results/peers.json): PyTorch's own pruning tools as
+# methods of the same loop, schedule and pruned layers: torch-ao (torch.ao.pruning
+# WeightNormSparsifier) with 1x4 blocks and 2:4, torch-prune (torch.nn.utils.prune global L1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 P=${PYTHON:-.venv/bin/python}

@@ -17,8 +17,7 @@ import torch
 
 from ..core.errors import ConfigError
 from ..core.io import atomic_write_text, load_tensors
-from ..methods import METHODS
-from ..recipe.config import SparsityConfig
+from ..methods import METHODS, Method
 
 
 def _pyplot():
@@ -49,24 +48,45 @@ def load_runs(dirs: list[str]) -> list[dict[str, Any]]:
     return runs
 
 
-DEFAULT_SCORE = SparsityConfig.score
+DEFAULT_SCORE = Method.default_score
+
+# Other method names that runs of PyTorch's tools carry in results files (bench/results/
+# peers.json): read as the method that runs the same pruning.
+TOOL_RUN_NAMES = {
+    "torch.ao WeightNorm block1x4": "torch-ao",
+    "torch.ao WeightNorm 2:4": "torch-ao",
+    "torch.ao WeightNorm fine": "torch-ao",
+    "torch.nn.utils.prune global L1": "torch-prune",
+}
 
 
 def method_label(summary: dict) -> str:
     """A run's method for tables and plots, with the settings that make it another
     configuration when they are not the method's default: its scope (``campfire (global)``) and
-    its ranking score (``campfire (l2)``), so such runs are not averaged together."""
-    method = summary["method"]
+    its ranking score (``campfire (l2)``), so such runs are not averaged together. A method whose
+    masks a PyTorch tool chooses is named after the tool (``torch.ao WeightNorm block1x4``)."""
+    method = TOOL_RUN_NAMES.get(summary["method"], summary["method"])
+    cls = METHODS.get(method) if method in METHODS else None
+    label_of = getattr(cls, "table_label", None)
+    label = label_of(summary["structure"]) if label_of else summary["method"]
     extra = []
-    if method in METHODS and summary.get("scope") not in (None, _default_scope(method)):
+    if cls is not None and summary.get("scope") not in (None, _default(cls, "scope", "layer")):
         extra.append(summary["scope"])
-    if summary.get("score", DEFAULT_SCORE) != DEFAULT_SCORE:
+    score = _default(cls, "score", DEFAULT_SCORE)
+    if summary.get("score", score) != score:
         extra.append(summary["score"])
-    return f"{method} ({', '.join(extra)})" if extra else method
+    return f"{label} ({', '.join(extra)})" if extra else label
 
 
-def _default_scope(method: str) -> str:
-    return getattr(METHODS.get(method), "default_scope", "layer")
+def is_tool_run(summary: dict) -> bool:
+    """True when a PyTorch pruning tool chose the run's masks (``torch-ao``, ``torch-prune``)."""
+    method = TOOL_RUN_NAMES.get(summary["method"], summary["method"])
+    return method in METHODS and bool(getattr(METHODS.get(method), "tool", ""))
+
+
+def _default(cls, key: str, fallback: str) -> str:
+    """The method's own default scope or score (``default_scope``, ``default_score``)."""
+    return getattr(cls, f"default_{key}", fallback) if cls is not None else fallback
 
 
 def accuracy_series(runs) -> tuple[list[float], dict[str, list[tuple[float, float, float, float]]]]:
@@ -103,7 +123,11 @@ def plot_accuracy(runs, path: Path) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.5))
     dense, series = accuracy_series(runs)
-    own = {_series_key(r["summary"]) for r in runs if r["summary"]["method"] in METHODS}
+    own = {
+        _series_key(r["summary"])
+        for r in runs
+        if r["summary"]["method"] in METHODS and not is_tool_run(r["summary"])
+    }
     if dense:
         mean = sum(dense) / len(dense)
         ax.axhline(mean, color="grey", ls="--", lw=1, label=f"dense ({len(dense)} run(s))")
@@ -112,7 +136,7 @@ def plot_accuracy(runs, path: Path) -> None:
         x = [p[0] for p in pts]
         y = [p[1] for p in pts]
         err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
-        # sparsegrain's methods solid, others' (bench/peers.py) dashed
+        # sparsegrain's methods solid, PyTorch's tools and others' dashed
         style = {"marker": "o"} if key in own else {"marker": "s", "linestyle": "--"}
         color = colors[i % len(colors)]
         ax.errorbar(x, y, yerr=err, capsize=3, label=key, color=color, **style)

@@ -38,7 +38,9 @@ Hooks (all optional): ``attach`` (once, from ``sparsify_``), ``penalty`` (added 
 parametrizations are baked in), ``state_dict``/``load_state_dict`` (resume), ``lr_clock``
 (phases the LR schedule restarts in), ``metrics`` (extra per-epoch metrics) and
 ``summary_extra`` (extra keys of ``summary.json``). Class attributes describe the method to the
-recipe validation and the trainer.
+recipe validation (``default_scope``, ``default_score``, ``needs_end``, ``regrows``, ``couples``),
+the handle (``prunes``, ``uses_clock``), the trainer (``needs_init``, ``freezes_mask``) and the
+reports (``ranks_by_score``, ``tool``, ``table_label``).
 """
 
 from __future__ import annotations
@@ -115,10 +117,12 @@ class Method:
     needs_end = False  # the recipe must give sparsity.end
     needs_init = False  # starts from a trained model (--init)
     default_scope = "layer"  # sparsity.scope when the recipe gives none
+    default_score = "l1"  # sparsity.score when the recipe gives none
     freezes_mask = False  # the mask freezes at sparsity.end (train.lr_at_freeze applies there)
     regrows = False  # pruned weights can come back (so sparsity.prune_bn cannot be true)
     couples = True  # honours sparsity.couple (masks from ``prune_to`` or ``masks_for``)
     ranks_by_score = False  # its masks keep the groups of highest sparsity.score (in summary.json)
+    tool = ""  # the outside code that chooses its masks (PyTorch's pruning tools), in summary.json
 
     @dataclass
     class Params:
@@ -153,6 +157,11 @@ class Method:
     def summary_extra(self) -> dict[str, Any]:
         """Extra top-level keys (JSON-able) for the run's ``summary.json``."""
         return {"score": self.handle.cfg.score} if self.ranks_by_score else {}
+
+    @classmethod
+    def table_label(cls, structure: str) -> str:
+        """The method's name in comparison tables and plots, for runs of this structure."""
+        return cls.name
 
     def state_dict(self) -> dict[str, Any]:
         return {}

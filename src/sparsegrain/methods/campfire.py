@@ -50,9 +50,14 @@ class Campfire(Method):
             return
         at_end = h.epoch >= (h.cfg.start if h.cfg.end is None else h.cfg.end)
         if at_end or self.updates == 0 or h.steps % h.cfg.frequency == 0:
-            h.prune_to(self.targets_at(h.epoch))
+            self.update_masks(self.targets_at(h.epoch))
             self.updates += 1
             self.frozen = at_end
+
+    def update_masks(self, targets: dict[str, float]) -> None:
+        """New masks at these per-layer sparsities: the structures' top groups by score. A
+        subclass may choose them another way (``torch_tools``) and ``set_masks`` them."""
+        self.handle.prune_to(targets)
 
     def state_dict(self) -> dict[str, Any]:
         return {"frozen": self.frozen, "updates": self.updates}

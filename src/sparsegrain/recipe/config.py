@@ -120,7 +120,7 @@ class SparsityConfig:
     end: float | None = None  # epochs; required by gradual methods
     frequency: int = 100  # steps between mask updates
     scope: str | None = None  # layer | global; None: the method's default_scope
-    score: str = "l1"
+    score: str | None = None  # None: the method's default_score (l1 but for torch-ao)
     include: list[str] = field(default_factory=list)  # empty: every Conv/Linear
     exclude: list[str] | None = None  # None: first conv and classifier; []: prune everything
     types: list[str] = field(default_factory=lambda: ["conv", "linear"])
@@ -156,6 +156,8 @@ class SparsityConfig:
         obj.params = dataclasses.asdict(from_dict(method.Params, merged, "sparsity"))
         if obj.scope is None:
             obj.scope = getattr(method, "default_scope", "layer")
+        if obj.score is None:
+            obj.score = getattr(method, "default_score", "l1")
         obj.validate_common(method)
         return obj
 

@@ -188,8 +188,9 @@ class Structure:
 
     Subclasses set ``name``, ``group``/``domain`` (words for help and messages) and implement
     ``layout`` / ``group_view`` / ``from_group_view``; everything else follows from those. What
-    storage, file formats and cost models need to know beyond the view is here too
-    (``whole_filters``, ``element_granular``, ``index_group``, ``quota_levels``), so none of them names a structure.
+    storage, file formats, cost models, BatchNorm masking and coupling need to know beyond the
+    view is here too (``whole_filters``, ``element_granular``, ``index_group``,
+    ``quota_levels``), so none of them names a structure.
     """
 
     name: ClassVar[str] = ""
