@@ -72,6 +72,9 @@ class TrainConfig:
     progress: bool = True
     deterministic: bool = False
     eval_every: int = 1
+    # Seconds a rank waits for the others in a collective before the run stops naming the rank
+    # that stopped answering (torchrun runs only; torch's own default is 30 minutes).
+    dist_timeout: float = 600.0
 
     def validate(self) -> None:
 
@@ -91,6 +94,7 @@ class TrainConfig:
         check_range(s, "seed", self.seed, 0)
         check_range(s, "threads", self.threads, 1)
         check_range(s, "eval_every", self.eval_every, 1)
+        check_range(s, "dist_timeout", self.dist_timeout, 0, 86400, lo_open=True)
         if self.lr_at_freeze == "boost" and self.freeze_lr is None:
             raise ConfigError(
                 "train.freeze_lr: required by lr_at_freeze 'boost' (the LR to jump to)"
