@@ -17,11 +17,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.io import atomic_write_text, load_tensors, optimizer_from_flat, optimizer_to_flat, save_tensors, split_prefix
 from ..core.errors import ConfigError
-from ..recipe.load import Recipe, load_recipe
+from ..core.io import (
+    atomic_write_text,
+    load_tensors,
+    optimizer_from_flat,
+    optimizer_to_flat,
+    save_tensors,
+    split_prefix,
+)
 from ..core.state import flatten_state, unflatten_state
 from ..core.tables import overall_sparsity
+from ..recipe.load import Recipe, load_recipe
 
 CHECKPOINT = "checkpoint.safetensors"
 WEIGHTS = "model.safetensors"

@@ -1,0 +1,1 @@
+"""The run directory: resolved recipe, metrics, checkpoints, final weights, masks, summary."""
