@@ -244,6 +244,63 @@ def test_idx_labels_out_of_range(tmp_path):
         build_data(DataConfig(root=str(tmp_path)))
 
 
+def one_line_error(cfg) -> str:
+    with pytest.raises(ConfigError) as e:
+        build_data(cfg)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_idx_with_no_images_or_no_pixels_is_refused(tmp_path):
+    make_idx_dir(tmp_path, gz=False)
+    write_idx(tmp_path / IDX_NAMES["test"][0], np.zeros((0, 28, 28), np.uint8), gz=False)
+    write_idx(tmp_path / IDX_NAMES["test"][1], np.zeros((0,), np.uint8), gz=False)
+    msg = one_line_error(DataConfig(root=str(tmp_path)))
+    assert msg == (
+        f"IDX file {tmp_path / IDX_NAMES['test'][0]} holds no data: header says dims (0, 28, 28); "
+        "expected at least one image of at least 1x1 pixels"
+    )
+    write_idx(tmp_path / IDX_NAMES["test"][0], np.zeros((2, 0, 28), np.uint8), gz=False)
+    assert "holds no data: header says dims (2, 0, 28)" in one_line_error(
+        DataConfig(root=str(tmp_path))
+    )
+
+
+def test_idx_counts_and_sizes_that_disagree_are_one_line(tmp_path):
+    arrays = make_idx_dir(tmp_path, gz=False)
+    images, labels = arrays["train"]
+    write_idx(tmp_path / IDX_NAMES["train"][1], labels[:-1], gz=False)
+    assert one_line_error(DataConfig(root=str(tmp_path))) == (
+        f"IDX files disagree on the number of samples: {tmp_path / IDX_NAMES['train'][0]} "
+        f"holds {len(labels)} images, {tmp_path / IDX_NAMES['train'][1]} {len(labels) - 1} "
+        "labels; expected one label per image"
+    )
+    write_idx(tmp_path / IDX_NAMES["train"][1], labels, gz=False)
+    n = images.shape[0]
+    write_idx(tmp_path / IDX_NAMES["train"][0], np.zeros((n, 14, 14), np.uint8), gz=False)
+    test_h, test_w = arrays["test"][0].shape[1:]
+    assert one_line_error(DataConfig(root=str(tmp_path))) == (
+        f"IDX images in {tmp_path} differ in size between splits: train 14x14, test "
+        f"{test_h}x{test_w}; expected one image size"
+    )
+
+
+def test_cifar_split_with_no_images_and_bad_labels(tmp_path):
+    base = tmp_path / "c"
+    make_cifar10(base, n_test=0, protocol=4)
+    assert one_line_error(DataConfig(name="cifar10", root=str(base))) == (
+        f"CIFAR test files in {base} hold no images (test_batch); expected at least one"
+    )
+    make_cifar10(base)
+    write_cifar_batch(base / "test_batch", np.zeros((2, 3072), np.uint8), [0, 1], b"labels")
+    d = pickle.loads((base / "test_batch").read_bytes())
+    d[b"labels"] = ["cat", "dog"]
+    (base / "test_batch").write_bytes(pickle.dumps(d, protocol=2))
+    assert one_line_error(DataConfig(name="cifar10", root=str(base))) == (
+        f"CIFAR file {base / 'test_batch'}: 'labels' must be a list of integer labels"
+    )
+
+
 @pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="dataset-fashion-mnist is not installed")
 def test_real_fashion_mnist():
     b = build_data(DataConfig(batch_size=128))
@@ -514,7 +571,7 @@ def test_cifar_bad_contents(tmp_path):
     with pytest.raises(ConfigError) as e:
         build_data(DataConfig(name="cifar10", root=str(base)))
     assert str(base / "data_batch_2") in str(e.value)
-    assert "expected: (N, 3072)\n  got: (2, 100)" in str(e.value)
+    assert "expected (N, 3072), got (2, 100)" in str(e.value)
     make_cifar10(base)
     (base / "test_batch").unlink()
     with pytest.raises(ConfigError, match="missing CIFAR file .*test_batch"):
@@ -581,7 +638,7 @@ def test_image_folder_class_mismatch_and_missing_split(tmp_path):
     (tmp_path / "val" / "bird").mkdir()
     with pytest.raises(ConfigError) as e:
         build_data(DataConfig(name="imagefolder", root=str(tmp_path), batch_size=2))
-    assert "only in train: []\n  only in val: ['bird']" in str(e.value)
+    assert "same class folders; only in train: none, only in val: ['bird']" in str(e.value)
     with pytest.raises(ConfigError, match="does not exist"):
         build_data(DataConfig(name="imagefolder", root=str(tmp_path / "x"), batch_size=2))
 

@@ -85,19 +85,23 @@ def batch_arrays(path: Path, label_key: str, num_classes: int) -> tuple[Tensor, 
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
         got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise ConfigError(
-            f"CIFAR file {path}: 'data' must be a uint8 array (N, 3072)\n"
-            f"  expected: uint8 (N, 3072)\n  got: {got}"
+            f"CIFAR file {path}: 'data' must be a uint8 array (N, 3072); got {got}"
         )
     if data.shape[1] != 3 * 32 * 32:
         raise ConfigError(
-            f"CIFAR file {path}: 'data' rows must hold 3x32x32 pixels\n"
-            f"  expected: (N, 3072)\n  got: {data.shape}"
+            f"CIFAR file {path}: 'data' rows must hold 3x32x32 pixels: expected (N, 3072), "
+            f"got {data.shape}"
         )
-    labels = torch.tensor(np.asarray(d[label_key], dtype=np.int64))
+    try:
+        labels = torch.tensor(np.asarray(d[label_key], dtype=np.int64))
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(
+            f"CIFAR file {path}: '{label_key}' must be a list of integer labels"
+        ) from None
     if labels.shape != (data.shape[0],):
         raise ConfigError(
-            f"CIFAR file {path}: '{label_key}' must have one label per image\n"
-            f"  expected: ({data.shape[0]},)\n  got: {tuple(labels.shape)}"
+            f"CIFAR file {path}: '{label_key}' must have one label per image: expected "
+            f"({data.shape[0]},), got {tuple(labels.shape)}"
         )
     if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise ConfigError(
@@ -146,4 +150,9 @@ def read_cifar(root: Path, name: str) -> dict[str, tuple[Tensor, Tensor]]:
                 raise ConfigError(f"missing CIFAR file {base / f}")
         parts = [batch_arrays(base / f, label_key, classes) for f in files]
         splits[split] = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+        if len(splits[split][1]) == 0:
+            raise ConfigError(
+                f"CIFAR {split} files in {base} hold no images ({', '.join(files)}); expected "
+                "at least one"
+            )
     return splits

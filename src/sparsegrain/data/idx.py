@@ -72,6 +72,11 @@ def parse_idx(data: bytes, magic: int, path: Path) -> Tensor:
             f"IDX file {path} is {state}: header says dims {dims}, so expected "
             f"{header + count} bytes, got {len(data)}"
         )
+    if count == 0:  # an empty split, or images of no pixels: nothing to train or test on
+        raise ConfigError(
+            f"IDX file {path} holds no data: header says dims {dims}; expected at least one "
+            f"{kind[:-1]}" + (" of at least 1x1 pixels" if kind == "images" else "")
+        )
     flat = torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8)
     return flat.reshape(dims)
 
@@ -85,8 +90,9 @@ def read_idx_split(root: Path, split: str, hint: str) -> tuple[Tensor, Tensor]:
     labels = parse_idx(read_bytes(label_path), LABELS_MAGIC, label_path)
     if images.shape[0] != labels.shape[0]:
         raise ConfigError(
-            f"IDX files disagree on the number of samples:\n"
-            f"  {image_path}: {images.shape[0]}\n  {label_path}: {labels.shape[0]}"
+            f"IDX files disagree on the number of samples: {image_path} holds "
+            f"{images.shape[0]} images, {label_path} {labels.shape[0]} labels; expected one "
+            "label per image"
         )
     return images.unsqueeze(1), labels.to(torch.int64)
 
@@ -97,8 +103,9 @@ def read_idx_dataset(root: Path, num_classes: int, hint: str) -> dict[str, tuple
     shapes = {split: tuple(x.shape[2:]) for split, (x, _) in splits.items()}
     if shapes["train"] != shapes["test"]:
         raise ConfigError(
-            f"IDX images in {root} differ in size between splits:\n"
-            f"  train: {shapes['train']}\n  test: {shapes['test']}"
+            f"IDX images in {root} differ in size between splits: train "
+            f"{'x'.join(map(str, shapes['train']))}, test {'x'.join(map(str, shapes['test']))}; "
+            "expected one image size"
         )
     for split, (_, y) in splits.items():
         if len(y) and int(y.max()) >= num_classes:

@@ -61,8 +61,8 @@ def scan_image_folder(root: Path) -> tuple[list[str], list[tuple[str, int]], lis
         only_train = sorted(set(classes) - set(val_classes))
         only_val = sorted(set(val_classes) - set(classes))
         raise ConfigError(
-            f"image folder {root}: train/ and val/ must have the same class folders\n"
-            f"  only in train: {only_train}\n  only in val: {only_val}"
+            f"image folder {root}: train/ and val/ must have the same class folders; only in "
+            f"train: {only_train or 'none'}, only in val: {only_val or 'none'}"
         )
     return classes, train, val
 
