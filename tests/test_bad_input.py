@@ -46,6 +46,12 @@ def env(tmp_path_factory):
     assert train_cli("--recipe", recipe, "--out", root / "run") == 0
     (root / "notyaml.yaml").write_text("model: [1, 2\n")
     (root / "list.yaml").write_text("- 1\n- 2\n")
+    (root / "empty.yaml").write_text("# nothing yet\n")
+    (root / "dup.yaml").write_text("train:\n  lr: 0.1\n  epochs: 2\n  lr: 0.2\n")
+    (root / "alias.yaml").write_text("train: &t {epochs: 1}\ndata: {batch_size: 32}\nmodel: *t\n")
+    (root / "deep.yaml").write_text("model: {options: " + "[" * 40 + "]" * 40 + "}\n")
+    (root / "intkey.yaml").write_text("train:\n  1: 2\n")
+    (root / "big.yaml").write_text("train: {epochs: 1}\n" + "#" * (1 << 20) + "\n")
     idx_files(root / "badmagic", magic=0x999)
     idx_files(root / "truncated", truncate=True)
     # a truncated and a garbage checkpoint, each in a run directory that could be resumed
@@ -133,6 +139,93 @@ CASES = [
         "expected a mapping of sections",
     ),
     (["train", "--recipe", "{root}/none.yaml", "--out", "{root}/new"], "recipe file not found"),
+    # values out of every key's declared bounds (core.validate)
+    (R + ["--set", "train.lr=.nan"], "train.lr: expected a finite number, got nan"),
+    (R + ["--set", "train.lr=.inf"], "train.lr: expected a finite number, got inf"),
+    (R + ["--set", "train.lr=1" + "0" * 400], "train.lr: expected a finite number, got 1000"),
+    (
+        R + ["--set", "train.seed=18446744073709551616"],
+        "train.seed: expected an integer <= 9223372036854775807, got 18446744073709551616",
+    ),
+    (R + ["--set", "train.threads=100000"], "train.threads: expected an integer <= 1024"),
+    (R + ["--set", "train.epochs=1000000000"], "train.epochs: expected an integer <= 100000"),
+    (R + ["--set", "train.epochs=true"], "train.epochs: expected an integer, got True"),
+    (R + ["--set", "train.gamma=2"], "train.gamma: must be in (0, 1], got 2.0"),
+    (R + ["--set", "train.milestones=[1, .nan]"], "train.milestones[1]: expected a finite number"),
+    (R + ["--set", 'train.schedule="a\\nb"'], "train.schedule: expected a string of at most"),
+    (
+        R + ["--set", "model.input_size=100000"],
+        "model.input_size: option 'input_size' of model 'mlp_tiny' must be an integer <= 4096",
+    ),
+    (R + ["--set", "data.batch_size=1000000000"], "data.batch_size must be an integer <= 1048576"),
+    (R + ["--set", "data.num_workers=100000"], "data.num_workers must be an integer <= 256"),
+    (R + ["--set", "data.image_size=4096"], "data: a synthetic set of (synthetic_train 64"),
+    (R + ["--set", "sparsity.target=.nan"], "sparsity.target: expected a finite number, got nan"),
+    (
+        R + ["--set", "sparsity.method=admm", "--set", "sparsity.rho=.inf"],
+        "sparsity.rho: expected a finite number, got inf",
+    ),
+    (
+        R + ["--set", "sparsity.method=feather", "--set", "sparsity.theta=-.inf"],
+        "sparsity.theta: expected a finite number, got -inf",
+    ),
+    (
+        R + ["--set", "sparsity.overrides={{fc1: {{target: .nan}}}}"],
+        "sparsity.overrides.fc1.target: expected a finite number, got nan",
+    ),
+    (
+        R + ["--set", "sparsity.overrides={{fc1: {{target: 0.1, target: 0.2}}}}"],
+        "line 1, column 21: duplicate key 'target' (first given at line 1)",
+    ),
+    (R + ["--set", "sparsity.frequency=" + "9" * 30], "sparsity.frequency: expected an integer <="),
+    # the recipe against the model and the data
+    (
+        R + ["--set", "model.num_classes=5"],
+        "model.num_classes: 5 disagrees with dataset 'synthetic', which has 10 classes",
+    ),
+    (
+        R + ["--set", "model.in_channels=3"],
+        "model.in_channels: 3 disagrees with dataset 'synthetic', which has 1 channels",
+    ),
+    (
+        R
+        + [
+            "--set",
+            "sparsity.method=campfire",
+            "--set",
+            "sparsity.target=0.5",
+            "--set",
+            "sparsity.end=1",
+            "--set",
+            "sparsity.overrides={{fc2: {{target: 0.3}}}}",
+        ],
+        "sparsity.overrides: pattern 'fc2' matches no layer; candidates (conv, linear): fc1, fc",
+    ),
+    # YAML a recipe never needs
+    (
+        ["train", "--recipe", "{root}/empty.yaml", "--out", "{root}/new"],
+        "is empty: no model, data, train or sparsity section",
+    ),
+    (
+        ["train", "--recipe", "{root}/dup.yaml", "--out", "{root}/new"],
+        "dup.yaml: line 4, column 3: duplicate key 'lr' (first given at line 2)",
+    ),
+    (
+        ["train", "--recipe", "{root}/alias.yaml", "--out", "{root}/new"],
+        "alias.yaml: line 3, column 8: alias *t is not allowed in a recipe",
+    ),
+    (
+        ["train", "--recipe", "{root}/deep.yaml", "--out", "{root}/new"],
+        "deep.yaml: line 1, column 32: nested deeper than 16 levels",
+    ),
+    (
+        ["train", "--recipe", "{root}/intkey.yaml", "--out", "{root}/new"],
+        "intkey.yaml: line 2, column 3: key 1 is not a string",
+    ),
+    (
+        ["train", "--recipe", "{root}/big.yaml", "--out", "{root}/new"],
+        "big.yaml: larger than 1048576 bytes",
+    ),
     # --set syntax
     (R + ["--set", "train.lr"], "expected key.sub=value"),
     (R + ["--set", "=3"], "expected key.sub=value"),

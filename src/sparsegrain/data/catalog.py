@@ -23,12 +23,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from torch import Tensor
 
 from ..core.errors import ConfigError
 from ..core.registry import Registry
+from ..core.validate import Range, schema, show
 from .cifar import read_cifar
 from .idx import read_idx_dataset
 from .imagefolder import IMAGENET_NORMALIZE, ImageFolderLoader, scan_image_folder
@@ -46,62 +47,85 @@ CIFAR10_CLASSES = (
 )  # fmt: skip
 
 
+# Sanity caps, far above any real run and low enough that no size overflows inside torch; a
+# synthetic set holds at most SYNTHETIC_LIMIT values, prototypes included (1 GiB of float32).
+MAX_BATCH, MAX_SAMPLES, MAX_WORKERS = 2**20, 2**31 - 1, 256
+MAX_IMAGE_SIZE, MAX_CHANNELS, MAX_CLASSES = 4096, 4096, 1_000_000
+SYNTHETIC_LIMIT = 2**28
+
+
+class Count(Range):
+    """An int ``data`` key's bounds, in this section's wording (``data.batch_size must be an
+    integer >= 1, got 0``)."""
+
+    def refuse(self, where: str, value: Any) -> ConfigError:
+        if isinstance(value, int) and not isinstance(value, bool) and self.contains(value):
+            return ConfigError(f"{where} must be an integer <= {self.top}, got {show(value)}")
+        return ConfigError(f"{where} must be an integer >= {self.lo}, got {show(value)}")
+
+
 @dataclass
 class DataConfig:
     """The ``data`` section of a recipe."""
 
     name: str = "fashion_mnist"
     root: str | None = None
-    batch_size: int = 128
-    test_batch_size: int = 512
-    train_subset: int | None = None
+    batch_size: Annotated[int, Count(1, limit=MAX_BATCH)] = 128
+    test_batch_size: Annotated[int, Count(1, limit=MAX_BATCH)] = 512
+    train_subset: Annotated[int | None, Count(1, limit=MAX_SAMPLES)] = None
     augment: bool = True
-    num_workers: int = 0
-    image_size: int | None = None
-    num_classes: int | None = None
-    channels: int | None = None
-    synthetic_train: int = 512
-    synthetic_test: int = 128
+    num_workers: Annotated[int, Count(0, limit=MAX_WORKERS)] = 0
+    image_size: Annotated[int | None, Count(1, limit=MAX_IMAGE_SIZE)] = None
+    num_classes: Annotated[int | None, Count(2, limit=MAX_CLASSES)] = None
+    channels: Annotated[int | None, Count(1, limit=MAX_CHANNELS)] = None
+    synthetic_train: Annotated[int, Count(1, limit=MAX_SAMPLES)] = 512
+    synthetic_test: Annotated[int, Count(1, limit=MAX_SAMPLES)] = 128
 
     def validate(self) -> None:
-        """Raise ConfigError naming the first bad field, its value and what is allowed."""
+        """Raise ConfigError naming the first bad field, its value and what is allowed.
+
+        The types and bounds are checked here too, for a ``DataConfig`` built directly."""
         if not isinstance(self.name, str):
-            raise ConfigError(f"data.name must be a dataset name, got {self.name!r}")
+            raise ConfigError(f"data.name must be a dataset name, got {show(self.name)}")
         try:
             info = DATASETS.get(self.name)
         except ConfigError as e:
             raise ConfigError(f"data.name: {e}") from None
         if self.root is not None and not isinstance(self.root, (str, Path)):
-            raise ConfigError(f"data.root must be a directory path or null, got {self.root!r}")
+            raise ConfigError(f"data.root must be a directory path or null, got {show(self.root)}")
         if self.root is None and info.needs_root and info.default_root is None:
             raise ConfigError(
                 f"data.root is required for dataset '{info.name}' (no default location)"
             )
         if not isinstance(self.augment, bool):
-            raise ConfigError(f"data.augment must be true or false, got {self.augment!r}")
-        _check_int("batch_size", self.batch_size, 1)
-        _check_int("test_batch_size", self.test_batch_size, 1)
-        _check_int("num_workers", self.num_workers, 0)
-        _check_int("synthetic_train", self.synthetic_train, 1)
-        _check_int("synthetic_test", self.synthetic_test, 1)
-        if self.train_subset is not None:
-            _check_int("train_subset", self.train_subset, 1)
-        for field, minimum in (("image_size", 1), ("num_classes", 2), ("channels", 1)):
+            raise ConfigError(f"data.augment must be true or false, got {show(self.augment)}")
+        for field, (_, rng) in schema(DataConfig).items():
             value = getattr(self, field)
-            if value is None:
+            if rng is None or value is None:
                 continue
-            if field not in info.options:
+            if field in ("image_size", "num_classes", "channels") and field not in info.options:
                 allowed = [n for n in DATASETS.names() if field in DATASETS.get(n).options]
                 raise ConfigError(
-                    f"data.{field}={value!r} does not apply to dataset '{info.name}'; "
+                    f"data.{field}={show(value)} does not apply to dataset '{info.name}'; "
                     f"only to: {', '.join(allowed)} (leave it unset)"
                 )
-            _check_int(field, value, minimum)
+            if isinstance(value, bool) or not isinstance(value, int) or not rng.allows(value):
+                raise rng.refuse(f"data.{field}", value)
+        if info.name == "synthetic":
+            self._check_synthetic_size()
 
-
-def _check_int(field: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"data.{field} must be an integer >= {minimum}, got {value!r}")
+    def _check_synthetic_size(self) -> None:
+        size = 28 if self.image_size is None else self.image_size
+        classes = 10 if self.num_classes is None else self.num_classes
+        channels = 1 if self.channels is None else self.channels
+        values = (self.synthetic_train + self.synthetic_test + classes) * channels * size**2
+        if values > SYNTHETIC_LIMIT:
+            raise ConfigError(
+                f"data: a synthetic set of (synthetic_train {self.synthetic_train} + "
+                f"synthetic_test {self.synthetic_test} + num_classes {classes}) x channels "
+                f"{channels} x image_size {size}^2 = {values} values is over the "
+                f"{SYNTHETIC_LIMIT} allowed; make one of them smaller"
+            )
 
 
 @dataclass

@@ -84,9 +84,7 @@ def batch_arrays(path: Path, label_key: str, num_classes: int) -> tuple[Tensor, 
     data = d["data"]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
         got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise ConfigError(
-            f"CIFAR file {path}: 'data' must be a uint8 array (N, 3072); got {got}"
-        )
+        raise ConfigError(f"CIFAR file {path}: 'data' must be a uint8 array (N, 3072); got {got}")
     if data.shape[1] != 3 * 32 * 32:
         raise ConfigError(
             f"CIFAR file {path}: 'data' rows must hold 3x32x32 pixels: expected (N, 3072), "

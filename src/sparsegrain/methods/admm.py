@@ -39,12 +39,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 
 from ..core.errors import ConfigError
-from ..core.validate import check_range
+from ..core.validate import EPOCH_LIMIT, Range, check_range
 from ..structures import global_sparsities
 from .base import Method
 
@@ -72,19 +72,18 @@ class Admm(Method):
     class Params:
         """Keys of ``sparsity`` for ``method: admm``."""
 
-        rho: float = 1e-3  # penalty weight at the start (authors' code: 0.001)
-        rho_growth: float = 1.0  # rho *= rho_growth after every Z/U update; 1 = constant
-        rho_max: float | None = None  # cap on rho; None = no cap
-        admm_epochs: int = 3  # epochs per ADMM period (one W-step, then one Z/U update)
-        admm_periods: int = 2  # periods before the hard prune; 0 = hard-prune at once
+        # penalty weight at the start (authors' code: 0.001)
+        rho: Annotated[float, Range(0, lo_open=True)] = 1e-3
+        # rho *= rho_growth after every Z/U update; 1 = constant
+        rho_growth: Annotated[float, Range(1)] = 1.0
+        rho_max: Annotated[float | None, Range(0, lo_open=True)] = None  # cap on rho; None: none
+        # epochs per ADMM period (one W-step, then one Z/U update)
+        admm_epochs: Annotated[int, Range(1, limit=EPOCH_LIMIT)] = 3
+        # periods before the hard prune; 0 = hard-prune at once
+        admm_periods: Annotated[int, Range(0, limit=EPOCH_LIMIT)] = 2
 
         def validate(self) -> None:
-            s = "sparsity"
-            check_range(s, "rho", self.rho, 0, lo_open=True)
-            check_range(s, "rho_growth", self.rho_growth, 1)
-            check_range(s, "rho_max", self.rho_max, self.rho)
-            check_range(s, "admm_epochs", self.admm_epochs, 1)
-            check_range(s, "admm_periods", self.admm_periods, 0)
+            check_range("sparsity", "rho_max", self.rho_max, self.rho)
 
     def __init__(self, handle, params: dict[str, Any]):
         super().__init__(handle, params)

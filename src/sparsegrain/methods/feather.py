@@ -37,7 +37,7 @@ the score is ``|w|``). Structure: ``fine`` only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor, nn
@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from ..core.errors import ConfigError
 from ..core.quantile import exact_quantile
 from ..core.schedules import cubic_sparsity
-from ..core.validate import check_range
+from ..core.validate import Range
 from .base import Method
 
 
@@ -128,16 +128,12 @@ class Feather(Method):
 
     @dataclass
     class Params:
-        p: float = 3.0
-        theta: float | None = None  # None: 0.5 above 95% final sparsity, else 1
-        ramp_start: float | None = None  # epochs; None: sparsity.start
-        ramp_end: float | None = None  # epochs; None: sparsity.end, else half of training
-
-        def validate(self) -> None:
-            check_range("sparsity", "p", self.p, 0, lo_open=True)
-            check_range("sparsity", "theta", self.theta, 0, 1)
-            check_range("sparsity", "ramp_start", self.ramp_start, 0)
-            check_range("sparsity", "ramp_end", self.ramp_end, 0)
+        p: Annotated[float, Range(0, lo_open=True)] = 3.0
+        # None: 0.5 above 95% final sparsity, else 1
+        theta: Annotated[float | None, Range(0, 1)] = None
+        ramp_start: Annotated[float | None, Range(0)] = None  # epochs; None: sparsity.start
+        # epochs; None: sparsity.end, else half of training
+        ramp_end: Annotated[float | None, Range(0)] = None
 
     def __init__(self, handle, params: dict[str, Any]):
         super().__init__(handle, params)

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..core.errors import ConfigError, did_you_mean
 from ..core.registry import Registry
+from ..core.validate import show
 from .resnet_cifar import BasicBlock, CifarResNet
 from .resnet_imagenet import LAYOUTS, Bottleneck, ResNet
 from .tiny import ConvNetTiny, MLPTiny
@@ -41,12 +42,16 @@ __all__ = [
     "create_model",
     "list_models",
     "model_options",
+    "option_specs",
 ]
 
 MODELS = Registry("model")
 
-# Always accepted by every factory, so not listed by model_options().
-IO_ARGS = ("num_classes", "in_channels")
+
+# Sanity caps: far above any real network, low enough that no size overflows inside torch.
+MAX_WIDTH = 4096  # an int option (width, input_size, hidden, ...), unless it declares its own
+MAX_CLASSES = 1_000_000
+MAX_CHANNELS = 4096
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,7 @@ class Option:
     minimum: int = 1  # int options
     multiple_of: int = 1  # int options
     choices: tuple[str, ...] = ()  # str options
+    maximum: int = MAX_WIDTH  # int options: a sanity cap, refused as "an integer <= maximum"
 
     def allowed(self) -> str:
         if isinstance(self.default, bool):
@@ -66,26 +72,39 @@ class Option:
             return f"an integer >= {self.minimum}{step}"
         return "one of " + ", ".join(repr(c) for c in self.choices)
 
-    def check(self, model: str, key: str, value: Any) -> bool | int | str:
-        """Return ``value`` (an int as ``int``) if allowed, else raise ConfigError."""
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with ``value`` ("must be ..."), or None when it is allowed."""
         if isinstance(self.default, bool):
             ok = isinstance(value, bool)
         elif isinstance(self.default, int):
-            ok = (
-                isinstance(value, numbers.Integral)
-                and not isinstance(value, bool)
-                and value >= self.minimum
-                and value % self.multiple_of == 0
-            )
-            value = int(value) if ok else value
+            integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            if integral and value > self.maximum:
+                return f"must be an integer <= {self.maximum}"
+            ok = integral and value >= self.minimum and value % self.multiple_of == 0
         else:
             ok = isinstance(value, str) and value in self.choices
-        if not ok:
-            hint = did_you_mean(value, self.choices) if isinstance(value, str) else ""
+        return None if ok else f"must be {self.allowed()}"
+
+    def hint(self, value: Any) -> str:
+        return did_you_mean(value, self.choices) if isinstance(value, str) else ""
+
+    def check(self, model: str, key: str, value: Any) -> bool | int | str:
+        """Return ``value`` (an int as ``int``) if allowed, else raise ConfigError."""
+        problem = self.problem(value)
+        if problem is not None:
             raise ConfigError(
-                f"model '{model}' option '{key}' must be {self.allowed()}, got {value!r}{hint}"
+                f"model '{model}' option '{key}' {problem}, got {show(value)}{self.hint(value)}"
             )
-        return value
+        is_int = isinstance(self.default, int) and not isinstance(self.default, bool)
+        return int(value) if is_int else value
+
+
+# Always accepted by every factory, so not listed by model_options().
+IO_OPTIONS = {
+    "num_classes": Option(10, maximum=MAX_CLASSES),
+    "in_channels": Option(3, maximum=MAX_CHANNELS),
+}
+IO_ARGS = tuple(IO_OPTIONS)
 
 
 def _resolve(model: str, options: Mapping[str, Option], given: Mapping[str, Any]) -> dict:
@@ -104,12 +123,11 @@ def _register(
     name: str, doc: str, build: Callable[..., nn.Module], aliases: tuple[str, ...] = (), **options
 ) -> None:
     """Register a validating factory for ``build`` with one-line help ``doc``."""
-    io_option = Option(1)
 
     def factory(*, num_classes: int = 10, in_channels: int = 3, **model_kwargs: Any) -> nn.Module:
         kwargs = _resolve(name, options, model_kwargs)
-        num_classes = io_option.check(name, "num_classes", num_classes)
-        in_channels = io_option.check(name, "in_channels", in_channels)
+        num_classes = IO_OPTIONS["num_classes"].check(name, "num_classes", num_classes)
+        in_channels = IO_OPTIONS["in_channels"].check(name, "in_channels", in_channels)
         return build(num_classes=num_classes, in_channels=in_channels, **kwargs)
 
     factory.__name__ = factory.__qualname__ = name
@@ -124,6 +142,13 @@ def create_model(name: str, *, num_classes: int, in_channels: int, **kwargs: Any
     Raises ConfigError for an unknown name, an unknown option or a value out of range.
     """
     return MODELS.get(name)(num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+def option_specs(name: str) -> dict[str, Option] | None:
+    """The ``Option`` of every option ``name`` takes, or None for a factory registered from
+    outside with plain keyword defaults (its values are checked by the factory alone)."""
+    options = getattr(MODELS.get(name), "options", None)
+    return None if options is None else dict(options)
 
 
 def model_options(name: str) -> dict[str, object]:

@@ -1,17 +1,35 @@
-"""Typed recipe sections ``model``, ``train`` and ``sparsity`` (``data``: ``sparsegrain.data``)."""
+"""Typed recipe sections ``model``, ``train`` and ``sparsity`` (``data``: ``sparsegrain.data``).
+
+Each key's type and bounds are its annotation (``core.validate``); ``validate`` and the ``parse``
+class methods hold the rules that relate keys, or that need a registry (model options, methods'
+``Params``, structures).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 from ..core.errors import ConfigError, did_you_mean
 from ..core.schedules import LR_SCHEDULES
-from ..core.validate import check_choice, check_range, coerce, from_dict
+from ..core.validate import (
+    EPOCH_LIMIT,
+    Range,
+    check_bounds,
+    check_choice,
+    check_range,
+    from_dict,
+    key_name,
+    show,
+)
 from ..methods import METHODS
-from ..models import MODELS, model_options
+from ..models import MAX_CHANNELS, MAX_CLASSES, MODELS, model_options, option_specs
 from ..structures import SCORES, parse_structure
+
+# Sanity caps on keys that have no natural upper bound.
+MAX_THREADS = 1024
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes up to 2**64 - 1; int64 everywhere else
 
 
 @dataclass
@@ -19,23 +37,21 @@ class ModelConfig:
     """``model`` section: a zoo name and its options (``width``, ``layout``, ...)."""
 
     name: str = "resnet20"
-    num_classes: int | None = None  # default: from the dataset
-    in_channels: int | None = None  # default: from the dataset
+    num_classes: Annotated[int | None, Range(1, limit=MAX_CLASSES)] = None  # default: the data's
+    in_channels: Annotated[int | None, Range(1, limit=MAX_CHANNELS)] = None  # default: the data's
     options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, data: Any) -> ModelConfig:
         obj, extras = from_dict(cls, data, "model", extra_ok=True)
-
-        canonical = MODELS.canonical(obj.name)
-        allowed = model_options(canonical)
-        for key in extras:
-            if key not in allowed:
-                raise ConfigError(
-                    f"model: '{canonical}' has no option '{key}'{did_you_mean(key, allowed)}; "
-                    f"allowed: name, num_classes, in_channels, {', '.join(allowed)}"
-                )
-        obj.options = {**obj.options, **extras}
+        try:
+            canonical = MODELS.canonical(obj.name)
+        except ConfigError as e:
+            raise ConfigError(f"model.name: {e}") from None
+        checked = {}
+        for where, given in (("model.options", obj.options), ("model", extras)):
+            checked.update(_check_model_options(canonical, given, where))
+        obj.options = checked
         return obj
 
     def to_dict(self) -> dict[str, Any]:
@@ -47,54 +63,71 @@ class ModelConfig:
         return out
 
 
+def _check_model_options(model: str, given: dict[str, Any], where: str) -> dict[str, Any]:
+    """``given`` options of zoo model ``model``, each checked against its ``Option``."""
+    allowed = model_options(model)
+    specs = option_specs(model)
+    out = {}
+    for key, value in given.items():
+        if key not in allowed:
+            raise ConfigError(
+                f"{where}: '{model}' has no option {show(key)}{did_you_mean(key, allowed)}; "
+                f"allowed: name, num_classes, in_channels, {', '.join(allowed)}"
+            )
+        if specs is None:  # a factory registered from outside: the generic bounds only
+            check_bounds(value, f"model.{key}")
+            out[key] = value
+            continue
+        opt = specs[key]
+        problem = opt.problem(value)
+        if problem is not None:
+            raise ConfigError(
+                f"model.{key}: option '{key}' of model '{model}' {problem}, got "
+                f"{show(value)}{opt.hint(value)}"
+            )
+        out[key] = opt.check(model, key, value)
+    return out
+
+
 @dataclass
 class TrainConfig:
     """``train`` section: optimizer, schedule, loss and run settings."""
 
-    epochs: int = 10
-    lr: float = 0.1
-    momentum: float = 0.9
+    epochs: Annotated[int, Range(1, limit=EPOCH_LIMIT)] = 10
+    lr: Annotated[float, Range(0, lo_open=True)] = 0.1
+    momentum: Annotated[float, Range(0, 1, hi_open=True)] = 0.9
     nesterov: bool = False
-    weight_decay: float = 5e-4
+    weight_decay: Annotated[float, Range(0)] = 5e-4
     decay_bn_and_bias: bool = False  # False: no weight decay on BN parameters and biases
     schedule: str = "cosine"
-    step_size: float = 30.0
-    milestones: list[float] = field(default_factory=list)
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0
-    min_lr: float = 0.0
+    # Epochs between decays; a thousandth of an epoch at least, so that ``t / step_size`` stays
+    # finite in the schedule's ``floor``.
+    step_size: Annotated[float, Range(1e-3)] = 30.0
+    milestones: Annotated[list[float], Range(0)] = field(default_factory=list)
+    # A decay factor: above 1, ``gamma ** k`` overflows a float within a long run.
+    gamma: Annotated[float, Range(0, 1, lo_open=True)] = 0.1
+    warmup_epochs: Annotated[float, Range(0)] = 0.0  # and <= epochs
+    min_lr: Annotated[float, Range(0)] = 0.0  # and <= lr
     lr_at_freeze: str = "none"  # none | restart | boost (Campfire's LR configurations)
-    freeze_lr: float | None = None  # LR the restart/boost starts from; default: train.lr
-    label_smoothing: float = 0.0
-    seed: int = 0
+    # LR the restart/boost starts from; default: train.lr
+    freeze_lr: Annotated[float | None, Range(0, lo_open=True)] = None
+    label_smoothing: Annotated[float, Range(0, 1, hi_open=True)] = 0.0
+    seed: Annotated[int, Range(0, limit=MAX_SEED)] = 0
     channels_last: bool = True
-    threads: int | None = None
+    threads: Annotated[int | None, Range(1, limit=MAX_THREADS)] = None
     progress: bool = True
     deterministic: bool = False
-    eval_every: int = 1
+    eval_every: Annotated[int, Range(1, limit=EPOCH_LIMIT)] = 1
     # Seconds a rank waits for the others in a collective before the run stops naming the rank
     # that stopped answering (torchrun runs only; torch's own default is 30 minutes).
-    dist_timeout: float = 600.0
+    dist_timeout: Annotated[float, Range(0, 86400, lo_open=True)] = 600.0
 
     def validate(self) -> None:
-
         s = "train"
-        check_range(s, "epochs", self.epochs, 1)
-        check_range(s, "lr", self.lr, 0, lo_open=True)
-        check_range(s, "momentum", self.momentum, 0, 1, hi_open=True)
-        check_range(s, "weight_decay", self.weight_decay, 0)
         check_choice(s, "schedule", self.schedule, LR_SCHEDULES)
-        check_range(s, "step_size", self.step_size, 0, lo_open=True)
-        check_range(s, "gamma", self.gamma, 0, lo_open=True)
         check_range(s, "warmup_epochs", self.warmup_epochs, 0, self.epochs)
         check_range(s, "min_lr", self.min_lr, 0, self.lr)
         check_choice(s, "lr_at_freeze", self.lr_at_freeze, ("none", "restart", "boost"))
-        check_range(s, "freeze_lr", self.freeze_lr, 0, lo_open=True)
-        check_range(s, "label_smoothing", self.label_smoothing, 0, 1, hi_open=True)
-        check_range(s, "seed", self.seed, 0)
-        check_range(s, "threads", self.threads, 1)
-        check_range(s, "eval_every", self.eval_every, 1)
-        check_range(s, "dist_timeout", self.dist_timeout, 0, 86400, lo_open=True)
         if self.lr_at_freeze == "boost" and self.freeze_lr is None:
             raise ConfigError(
                 "train.freeze_lr: required by lr_at_freeze 'boost' (the LR to jump to)"
@@ -102,10 +135,25 @@ class TrainConfig:
         if self.nesterov and self.momentum == 0:
             raise ConfigError("train.nesterov: needs train.momentum > 0, got momentum 0")
         if sorted(self.milestones) != list(self.milestones):
-            raise ConfigError(f"train.milestones: must be increasing, got {self.milestones}")
+            raise ConfigError(f"train.milestones: must be increasing, got {show(self.milestones)}")
 
 
-OVERRIDE_KEYS = ("target", "structure", "score", "fallback", "initial")
+SPARSITY = Range(0, 1, hi_open=True)  # a share of weights pruned
+
+
+@dataclass
+class Override:
+    """The keys of one ``sparsity.overrides`` entry (pattern -> keys); only the keys given apply,
+    so the defaults here are never used."""
+
+    target: Annotated[float, SPARSITY] = 0.0
+    structure: str = ""
+    score: str = ""
+    fallback: str = ""
+    initial: Annotated[float, SPARSITY] = 0.0
+
+
+OVERRIDE_KEYS = tuple(f.name for f in dataclasses.fields(Override))
 
 
 @dataclass
@@ -118,11 +166,11 @@ class SparsityConfig:
 
     method: str = "dense"
     structure: str = "fine"
-    target: float = 0.0
-    initial: float = 0.0  # s_i of the cubic ramp
-    start: float = 0.0  # epochs
-    end: float | None = None  # epochs; required by gradual methods
-    frequency: int = 100  # steps between mask updates
+    target: Annotated[float, SPARSITY] = 0.0
+    initial: Annotated[float, SPARSITY] = 0.0  # s_i of the cubic ramp; and <= target
+    start: Annotated[float, Range(0)] = 0.0  # epochs
+    end: Annotated[float | None, Range(0)] = None  # epochs; required by gradual methods
+    frequency: Annotated[int, Range(1)] = 100  # steps between mask updates
     scope: str | None = None  # layer | global; None: the method's default_scope
     score: str | None = None  # None: the method's default_score (l1 but for torch-ao)
     include: list[str] = field(default_factory=list)  # empty: every Conv/Linear
@@ -144,20 +192,12 @@ class SparsityConfig:
         if isinstance(data, SparsityConfig):  # built directly: the same checks and defaults
             data = data.to_dict()
         obj, extras = from_dict(cls, data, "sparsity", extra_ok=True)
-
-        obj.method = METHODS.canonical(obj.method)
+        try:
+            obj.method = METHODS.canonical(obj.method)
+        except ConfigError as e:
+            raise ConfigError(f"sparsity.method: {e}") from None
         method = METHODS.get(obj.method)
-        common = [f.name for f in dataclasses.fields(cls) if f.name != "params"]
-        allowed = [f.name for f in dataclasses.fields(method.Params)]
-        unknown = [k for k in extras if k not in allowed]
-        if unknown:
-            key = unknown[0]
-            raise ConfigError(
-                f"sparsity: unknown key '{key}'{did_you_mean(key, common + allowed)} for method "
-                f"'{obj.method}'; allowed: {', '.join(common + allowed)}"
-            )
-        merged = {**obj.params, **extras}
-        obj.params = dataclasses.asdict(from_dict(method.Params, merged, "sparsity"))
+        obj.params = obj.parse_params(method, extras)
         if obj.scope is None:
             obj.scope = getattr(method, "default_scope", "layer")
         if obj.score is None:
@@ -165,25 +205,32 @@ class SparsityConfig:
         obj.validate_common(method)
         return obj
 
-    def validate_common(self, method) -> None:
+    def parse_params(self, method, extras: dict[str, Any]) -> dict[str, Any]:
+        """The method's keys (beside the common ones, or under ``params``), checked by its
+        ``Params`` dataclass."""
+        common = [f.name for f in dataclasses.fields(self) if f.name != "params"]
+        allowed = [f.name for f in dataclasses.fields(method.Params)]
+        for where, given in (("sparsity.params", self.params), ("sparsity", extras)):
+            unknown = [k for k in given if k not in allowed]
+            if unknown:
+                key = unknown[0]
+                raise ConfigError(
+                    f"{where}: unknown key {show(key)}{did_you_mean(key, common + allowed)} for "
+                    f"method '{self.method}'; allowed: {', '.join(common + allowed)}"
+                )
+        from_dict(method.Params, self.params, "sparsity.params")
+        merged = {**self.params, **extras}
+        return dataclasses.asdict(from_dict(method.Params, merged, "sparsity"))
 
+    def validate_common(self, method) -> None:
         s = "sparsity"
-        parse_structure(self.structure)
-        check_range(s, "target", self.target, 0, 1, hi_open=True)
+        _structure(self.structure, "sparsity.structure")
         check_range(s, "initial", self.initial, 0, self.target)
-        check_range(s, "start", self.start, 0)
-        check_range(s, "frequency", self.frequency, 1)
         check_choice(s, "scope", self.scope, ("layer", "global"))
         check_choice(s, "score", self.score, SCORES.names())
         for t in self.types:
             check_choice(s, "types", t, ("conv", "linear"))
-        if self.fallback not in ("error", "dense"):
-            try:
-                parse_structure(self.fallback)
-            except ConfigError as e:
-                raise ConfigError(
-                    f"sparsity.fallback: must be 'error', 'dense' or a structure; {e}"
-                ) from None
+        _fallback(self.fallback, "sparsity.fallback")
         if self.prune_bn and getattr(method, "regrows", False):
             raise ConfigError(
                 f"sparsity.prune_bn: true is not allowed with method '{self.method}': its pruned "
@@ -199,24 +246,51 @@ class SparsityConfig:
         if self.end is not None and self.end < self.start:
             raise ConfigError(f"sparsity.end: must be >= start ({self.start}), got {self.end}")
         if getattr(method, "needs_end", False) and self.end is None and self.target > 0:
-            raise ConfigError(f"sparsity.end: required by method '{self.method}' (an epoch)")
-        for pattern, keys in self.overrides.items():
-            if not isinstance(keys, dict):
-                raise ConfigError(f"sparsity.overrides.{pattern}: expected a mapping, got {keys!r}")
-            for key, value in keys.items():
-                where = f"sparsity.overrides.{pattern}.{key}"
-                if key not in OVERRIDE_KEYS:
-                    raise ConfigError(
-                        f"{where}: unknown key{did_you_mean(key, OVERRIDE_KEYS)}; "
-                        f"allowed: {', '.join(OVERRIDE_KEYS)}"
-                    )
-                if key in ("target", "initial"):
-                    value = coerce(value, float, where)
-                    check_range(f"sparsity.overrides.{pattern}", key, value, 0, 1, hi_open=True)
-                elif key in ("structure", "fallback") and value not in ("error", "dense"):
-                    parse_structure(coerce(value, str, where))
+            raise ConfigError(
+                f"sparsity.end: required by method '{self.method}' with target {self.target} "
+                "(the epoch the target is reached)"
+            )
+        self.overrides = {p: _override(p, keys) for p, keys in self.overrides.items()}
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out.update(out.pop("params"))
         return out
+
+
+def _structure(spec: str, where: str) -> None:
+    try:
+        parse_structure(spec)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _fallback(spec: str, where: str) -> None:
+    if spec in ("error", "dense"):
+        return
+    try:
+        parse_structure(spec)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: must be 'error', 'dense' or a structure; {e}") from None
+
+
+def _override(pattern: str, keys: Any) -> dict[str, Any]:
+    """One ``sparsity.overrides`` entry, typed and bounded by ``Override``; the keys given only."""
+    where = f"sparsity.overrides.{pattern}"
+    if not isinstance(keys, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {show(keys)}")
+    for key in keys:
+        if key not in OVERRIDE_KEYS:
+            raise ConfigError(
+                f"{where}.{key_name(key)}: unknown key"
+                f"{did_you_mean(key, OVERRIDE_KEYS)}; allowed: {', '.join(OVERRIDE_KEYS)}"
+            )
+    obj = from_dict(Override, keys, where)
+    out = {key: getattr(obj, key) for key in keys}
+    if "structure" in out:
+        _structure(out["structure"], f"{where}.structure")
+    if "fallback" in out:
+        _fallback(out["fallback"], f"{where}.fallback")
+    if "score" in out:
+        check_choice(where, "score", out["score"], SCORES.names())
+    return out

@@ -83,6 +83,10 @@ def _matches(name: str, patterns) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+def _matches_any(pattern: str, names) -> bool:
+    return any(fnmatch.fnmatchcase(n, pattern) for n in names)
+
+
 def candidate_layers(model: nn.Module, types=("conv", "linear")) -> list[tuple[str, nn.Module]]:
     classes = tuple(c for t in types for c in LAYER_TYPES[t])
     return [(n, m) for n, m in model.named_modules() if isinstance(m, classes)]
@@ -123,15 +127,24 @@ def select_layers(model: nn.Module, cfg: SparsityConfig, *, prunes: bool = True)
     """Resolve include/exclude/types/overrides/fallback into the list of targeted layers.
 
     Patterns are shell-style globs on module names (``layer1.*``, ``*.conv2``); overrides apply in
-    the order written, later ones winning. ``prunes=False`` (a method that prunes nothing, the
-    dense baseline): every layer is left dense, with the note "dense run" where it was selected.
+    the order written, later ones winning, and one that matches no candidate layer is refused.
+    ``prunes=False`` (a method that prunes nothing, the dense baseline): every layer is left
+    dense, with the note "dense run" where it was selected.
     """
     for t in cfg.types:
         if t not in LAYER_TYPES:
             raise ConfigError(f"sparsity.types: unknown '{t}'; choose from: conv, linear")
     exclude = default_exclude(model) if cfg.exclude is None else cfg.exclude
+    candidates = candidate_layers(model, cfg.types)
+    names = [n for n, _ in candidates]
+    for pattern in cfg.overrides:
+        if not _matches_any(pattern, names):
+            raise ConfigError(
+                f"sparsity.overrides: pattern '{pattern}' matches no layer; candidates "
+                f"({', '.join(cfg.types)}): {', '.join(names) or 'none'}"
+            )
     layers = []
-    for name, module in candidate_layers(model, cfg.types):
+    for name, module in candidates:
         skip = ""
         if cfg.include and not _matches(name, cfg.include):
             skip = "not in sparsity.include"
