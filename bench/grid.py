@@ -21,8 +21,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-import yaml
-
+from sparsegrain.recipe.load import read_yaml
 from sparsegrain.train.sweep import run_point
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,7 +92,7 @@ def main() -> None:
         out = args.out / ("quick" if args.quick else "reference")
 
         def job(recipe: Path) -> tuple[str, dict]:
-            data = yaml.safe_load(recipe.read_text())
+            data = read_yaml(recipe)
             sets = (quick_sets(data) if args.quick else []) + args.set
             name = recipe.stem + args.tag
             extra = ["--init", str(args.init)] if args.init else []

@@ -37,11 +37,11 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from grid import quick_sets, record
 
 from sparsegrain.analysis.compare import table, verdict
 from sparsegrain.core.errors import ConfigError
+from sparsegrain.recipe.load import read_yaml
 from sparsegrain.train.sweep import run_point
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,7 +82,7 @@ def plan(
 def overrides(args, key: str, target: float, seed: int) -> list[str]:
     """The ``--set`` overrides of one run of the recipe."""
     peer = PEERS[key]
-    quick = quick_sets(yaml.safe_load(args.recipe.read_text())) if args.quick else []
+    quick = quick_sets(read_yaml(args.recipe)) if args.quick else []
     return quick + [
         f"train.seed={seed}",
         f"sparsity.method={peer.method}",
