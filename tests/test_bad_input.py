@@ -201,6 +201,18 @@ CASES = [
         ],
         "sparsity.overrides: pattern 'fc2' matches no layer; candidates (conv, linear): fc1, fc",
     ),
+    (
+        R
+        + ["--set", "sparsity.method=campfire", "--set", "sparsity.target=0.5"]
+        + ["--set", "sparsity.end=1", "--set", "sparsity.include=[fc1, 'conv*']"],
+        "sparsity.include: pattern 'conv*' matches no layer; candidates (conv, linear): fc1, fc",
+    ),
+    (
+        R
+        + ["--set", "sparsity.method=campfire", "--set", "sparsity.target=0.5"]
+        + ["--set", "sparsity.end=1", "--set", "sparsity.exclude=[fc1, 'conv*']"],
+        "sparsity.exclude: pattern 'conv*' matches no layer; candidates (conv, linear): fc1, fc",
+    ),
     # YAML a recipe never needs
     (
         ["train", "--recipe", "{root}/empty.yaml", "--out", "{root}/new"],

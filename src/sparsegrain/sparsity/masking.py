@@ -127,7 +127,8 @@ def select_layers(model: nn.Module, cfg: SparsityConfig, *, prunes: bool = True)
     """Resolve include/exclude/types/overrides/fallback into the list of targeted layers.
 
     Patterns are shell-style globs on module names (``layer1.*``, ``*.conv2``); overrides apply in
-    the order written, later ones winning, and one that matches no candidate layer is refused.
+    the order written, later ones winning. A pattern (of ``include``, ``exclude`` or
+    ``overrides``) that matches no candidate layer is refused: it is a typo or another model's.
     ``prunes=False`` (a method that prunes nothing, the dense baseline): every layer is left
     dense, with the note "dense run" where it was selected.
     """
@@ -143,6 +144,14 @@ def select_layers(model: nn.Module, cfg: SparsityConfig, *, prunes: bool = True)
                 f"sparsity.overrides: pattern '{pattern}' matches no layer; candidates "
                 f"({', '.join(cfg.types)}): {', '.join(names) or 'none'}"
             )
+    every = [n for n, _ in candidate_layers(model)]  # a typo, not a choice of layer types
+    for key, patterns in (("include", cfg.include), ("exclude", cfg.exclude or [])):
+        for pattern in patterns:
+            if not _matches_any(pattern, every):
+                raise ConfigError(
+                    f"sparsity.{key}: pattern '{pattern}' matches no layer; candidates "
+                    f"(conv, linear): {', '.join(every) or 'none'}"
+                )
     layers = []
     for name, module in candidates:
         skip = ""
