@@ -9,6 +9,7 @@ reconstruction) and, when asked, adversarial robustness and per-layer sensitivit
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,11 @@ from ..core.io import atomic_write_text, load_tensors
 from ..data.catalog import build_data
 from ..recipe.build import build_model
 from ..recipe.load import Recipe, load_recipe
-from ..runs.files import WEIGHTS, load_model_state, read_run_recipe
+from ..runs.files import ANALYSIS, RECIPE, SUMMARY, WEIGHTS, load_model_state, read_run_recipe
+from ..runs.records import check_output, layer_structures
+from ..runs.rundir import check_unlocked
 from ..sparsity.masking import candidate_layers
+from ..structures import parse_structure
 from .accelerator import MODEL_NOTE, SCNNConfig, format_refs, model_refs
 from .accuracy import evaluate
 from .flops import format_flops, model_flops, profile
@@ -44,6 +48,40 @@ class AnalyzeOptions:
     max_batches: int | None = None  # limit test batches for robustness / sensitivity
     progress: bool = True
 
+    def check(self) -> None:
+        """Refuse, before any work, a value that means nothing; messages name the flags of
+        ``sparsegrain analyze``. Widths: a stored value of 1 to 64 bits (float64 at most); a
+        relative index of 1 to 32 bits (a 32-bit gap already spans any layer up to 2**32
+        weights, so a wider one never shortens a code)."""
+        _int_flag("--value-bits", self.value_bits, 1, 64)
+        _int_flag("--index-bits", self.index_bits, 1, 32)
+        _int_flag("--pgd-steps", self.pgd_steps, 1, None)
+        if self.max_batches is not None:
+            _int_flag("--max-batches", self.max_batches, 1, None)
+        for a in self.attacks:
+            if a not in ATTACKS:
+                raise ConfigError(f"--attacks: unknown attack '{a}'; choose from: fgsm, pgd")
+        if not self.epsilons:
+            raise ConfigError("--epsilons: give at least one radius, e.g. 0,0.01")
+        for e in self.epsilons:
+            if not (isinstance(e, (int, float)) and math.isfinite(e) and 0 <= e <= 1):
+                raise ConfigError(f"--epsilons: radii are numbers in [0, 1] (pixel units), got {e}")
+        if self.sens_structure is not None:
+            try:
+                parse_structure(self.sens_structure)
+            except ConfigError as e:
+                raise ConfigError(f"--sens-structure: {e}") from None
+
+
+ATTACKS = ("fgsm", "pgd")
+
+
+def _int_flag(flag: str, value, lo: int, hi: int | None) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if not ok or value < lo or (hi is not None and value > hi):
+        allowed = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ConfigError(f"{flag}: must be an integer {allowed}, got {value!r}")
+
 
 @dataclass
 class Subject:
@@ -60,17 +98,27 @@ def load_subject(
     weights: str | None = None,
     recipe: str | None = None,
     structure: str = "fine",
+    flag: str = "--run",
 ) -> Subject:
     """A run directory, or a weights file plus a recipe (default: the model its metadata names
-    on Fashion-MNIST). Without a run's summary every layer's structure is ``structure``."""
+    on Fashion-MNIST). Without a run's summary every layer's structure is ``structure``.
+    ``flag`` names the option that gave ``run`` in messages."""
     if (run is None) == (weights is None):
         raise ConfigError("analyze: give either --run DIR or --weights FILE")
+    try:
+        parse_structure(structure)
+    except ConfigError as e:
+        raise ConfigError(f"--structure: {e}") from None
     if run is not None:
-        rec = read_run_recipe(Path(run))
+        rec = read_run_recipe(Path(run), flag)
         path = Path(run) / WEIGHTS
+        if not path.is_file():
+            raise ConfigError(f"{flag} {run}: no {WEIGHTS}; the run did not finish")
+        summary = Path(run) / SUMMARY
+        structures = layer_structures(run, flag) if summary.is_file() else None
     else:
-        path = Path(weights)
-        tensors, meta = load_tensors(path, "weights")
+        path, structures = Path(weights), None
+        tensors, meta = load_tensors(path, "--weights file")
         if recipe is not None:
             rec = load_recipe(recipe)
         elif "model" in meta:
@@ -82,13 +130,7 @@ def load_subject(
     tensors, _ = load_tensors(path, "weights")
     load_model_state(model, tensors, str(path))
     model.eval()
-    summary = Path(run) / "summary.json" if run is not None else None
-    if summary is not None and summary.is_file():
-        rows = json.loads(summary.read_text())["layers"]
-        structures = {
-            r["name"]: (None if r["structure"] == "dense" else r["structure"]) for r in rows
-        }
-    else:
+    if structures is None:
         structures = {
             n: (structure if bool((m.weight == 0).any()) else None)
             for n, m in candidate_layers(model)
@@ -224,6 +266,35 @@ def _jsonable(x: Any) -> Any:
     if hasattr(x, "__dataclass_fields__"):
         return {k: _jsonable(getattr(x, k)) for k in x.__dataclass_fields__}
     return x
+
+
+def output_path(
+    run: str | None,
+    weights: str | None,
+    out: str | None,
+    *,
+    recipe: str | None = None,
+    baseline: str | None = None,
+    force: bool = False,
+) -> Path:
+    """Where ``analyze`` writes, checked before any work: ``--out``, else the run's own
+    ``analysis.json`` or the weights file with a ``.json`` suffix. Never over a file it reads
+    or a run's own file (another run's ``analysis.json`` included) unless ``force``."""
+    if out is not None:
+        path = Path(out)
+    elif run is not None:
+        path = Path(run) / ANALYSIS
+    else:
+        path = Path(weights).with_suffix(".json")
+    reads = [Path(weights)] if weights is not None else []
+    reads += [Path(recipe)] if recipe is not None else []
+    for d in (run, baseline):
+        if d is not None:
+            reads += [Path(d) / name for name in (RECIPE, WEIGHTS, SUMMARY)]
+    owns = [Path(run) / ANALYSIS] if run is not None else []
+    if run is not None and Path(path).parent.resolve() == Path(run).resolve():
+        check_unlocked(run, "--run")  # a run being trained gets its analysis once it is done
+    return check_output(path, reads=reads, owns=owns, force=force)
 
 
 def write(result: dict[str, Any], path: Path) -> None:

@@ -9,15 +9,17 @@ a few filters.
 
 from __future__ import annotations
 
-import json
+import io
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..core.errors import ConfigError
-from ..core.io import atomic_write_text, load_tensors
+from ..core.io import atomic_write, atomic_write_text, load_tensors
 from ..methods import METHODS, Method
+from ..runs.files import ANALYSIS, MASKS
+from ..runs.records import NUMBER, check_output_dir, read_json, read_summary, require
 
 
 def _pyplot():
@@ -29,7 +31,18 @@ def _pyplot():
     return plt
 
 
+SUMMARY_KEYS = ("method", "structure", "target", "sparsity", "top1", "layers")
+LAYER_KEYS = ("name", "target", "achieved")
+# What the report reads of an analysis.json.
+ANALYSIS_KEYS = (
+    "storage.total.ratio",
+    *(f"accelerator.total.{k}" for k in ("weight", "index", "activation", "accumulator", "total")),
+)
+
+
 def load_runs(dirs: list[str]) -> list[dict[str, Any]]:
+    """Each run's summary (and analysis.json where there is one), every key the report uses
+    checked; two runs of one name would draw over each other's plots and are refused."""
     runs = []
     for d in dirs:
         path = Path(d)
@@ -38,14 +51,32 @@ def load_runs(dirs: list[str]) -> list[dict[str, Any]]:
         run = {
             "dir": path,
             "name": path.name,
-            "summary": json.loads((path / "summary.json").read_text()),
+            "summary": read_summary(path, SUMMARY_KEYS, LAYER_KEYS, flag="report:"),
         }
-        if (path / "analysis.json").is_file():
-            run["analysis"] = json.loads((path / "analysis.json").read_text())
+        if (path / ANALYSIS).is_file():
+            record = read_json(path / ANALYSIS, "analysis")
+            for key in ANALYSIS_KEYS:
+                require(record, key, NUMBER, path / ANALYSIS)
+            run["analysis"] = record
         runs.append(run)
     if not runs:
         raise ConfigError("report: give at least one run directory")
+    seen: dict[str, Path] = {}
+    for r in runs:
+        if r["name"] in seen:
+            raise ConfigError(
+                f"report: two runs are named '{r['name']}' ({seen[r['name']]} and {r['dir']}); "
+                "their plots would have one file name: give each run once, with distinct names"
+            )
+        seen[r["name"]] = r["dir"]
     return runs
+
+
+def _save(fig, path: Path) -> None:
+    """A figure as PNG, drawn in memory and written atomically."""
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
+    atomic_write(path, buf.getvalue())
 
 
 DEFAULT_SCORE = Method.default_score
@@ -146,7 +177,7 @@ def plot_accuracy(runs, path: Path) -> None:
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -168,7 +199,7 @@ def plot_analysis(runs, path_ratio: Path, path_refs: Path) -> bool:
     ax.set_title("storage with index overhead (best encoding per layer)")
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
-    fig.savefig(path_ratio, dpi=110)
+    _save(fig, path_ratio)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(max(4, len(done)), 3.5))
     bottom = [0.0] * len(done)
@@ -181,7 +212,7 @@ def plot_analysis(runs, path_ratio: Path, path_refs: Path) -> bool:
     ax.legend(fontsize=8)
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
-    fig.savefig(path_refs, dpi=110)
+    _save(fig, path_refs)
     plt.close(fig)
     return True
 
@@ -199,7 +230,7 @@ def plot_layers(run, path: Path) -> None:
     ax.set_title(f"{run['name']}: per-layer sparsity")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -219,7 +250,7 @@ def mask_picture(mask: torch.Tensor, filters: int = 8, kernels: int = 16) -> tor
 
 
 def plot_masks(run, path: Path) -> bool:
-    masks_file = run["dir"] / "masks.safetensors"
+    masks_file = run["dir"] / MASKS
     if not masks_file.is_file():
         return False
     masks, _ = load_tensors(masks_file, "masks")
@@ -234,16 +265,20 @@ def plot_masks(run, path: Path) -> bool:
         ax.set_title(f"{name}: first filters (rows) x kernels (cols); white kept", fontsize=8)
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return True
 
 
 def write_report(dirs: list[str], out: str | Path) -> Path:
-    """Draw every plot into ``out`` and write ``out/report.md`` linking them."""
+    """Draw every plot into ``out`` and write ``out/report.md`` linking them; the runs and the
+    directory are checked before anything is drawn."""
+    out = check_output_dir(out, flag="--out")
     runs = load_runs(dirs)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot create it ({e.strerror})") from None
     lines = [
         "# sparsegrain report",
         "",

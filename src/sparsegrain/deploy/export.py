@@ -18,9 +18,6 @@ absolute difference to the masked model's outputs.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,11 +27,12 @@ from torch import nn
 
 from ..analysis.storage import BitWidths
 from ..core.errors import ConfigError
-from ..core.io import load_tensors, save_tensors
+from ..core.io import atomic_file, load_tensors, save_tensors
 from ..data.catalog import build_data
 from ..models import create_model
 from ..recipe.build import build_model
-from ..runs.files import WEIGHTS, load_model_state, read_run_recipe
+from ..runs.files import RECIPE, SUMMARY, WEIGHTS, load_model_state, read_run_recipe
+from ..runs.records import check_output, layer_structures
 from . import compressed
 from .compact import compact as compact_model
 from .compact import load_compact, save_compact
@@ -48,6 +46,8 @@ def load_run(run: str | Path) -> tuple[nn.Module, dict[str, Any], torch.Tensor, 
 
     run = Path(run)
     recipe = read_run_recipe(run)
+    if not (run / WEIGHTS).is_file():
+        raise ConfigError(f"--run {run}: no {WEIGHTS}; the run did not finish")
     data = build_data(recipe.data, seed=recipe.train.seed)
     model = build_model(recipe, data.num_classes, data.in_channels)
     tensors, _ = load_tensors(run / WEIGHTS, "weights")
@@ -65,11 +65,7 @@ def load_run(run: str | Path) -> tuple[nn.Module, dict[str, Any], torch.Tensor, 
 
 def run_structures(run: str | Path) -> dict[str, str | None]:
     """Layer name -> structure spec (``None``: left dense), from the run's ``summary.json``."""
-    path = Path(run) / "summary.json"
-    if not path.is_file():
-        raise ConfigError(f"--run {run}: no summary.json; the run did not finish")
-    rows = json.loads(path.read_text())["layers"]
-    return {r["name"]: (None if r["structure"] == "dense" else r["structure"]) for r in rows}
+    return layer_structures(run, "--run")
 
 
 @torch.no_grad()
@@ -84,25 +80,18 @@ def export_onnx(
     onnxruntime on ``example_input``; returns ``{"path", "bytes", "outputs"}``."""
     ort = _onnxruntime()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-            torch.onnx.export(
-                model.eval(),
-                (example_input,),
-                tmp,
-                input_names=["input"],
-                output_names=["output"],
-                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-                opset_version=opset,
-                dynamo=False,
-            )
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_file(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            model.eval(),
+            (example_input,),
+            str(tmp),
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            opset_version=opset,
+            dynamo=False,
+        )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {"input": example_input.numpy()})
     return {"path": str(path), "bytes": path.stat().st_size, "outputs": torch.from_numpy(out)}
@@ -126,11 +115,15 @@ def export_run(
     compact: bool = False,
     fmt: str = "safetensors",
     bits: int | None = None,
+    force: bool = False,
     log=print,
 ) -> dict[str, Any]:
     """Export the final model of run directory ``run`` to ``out``; returns what was done:
     ``format``, ``path``, ``bytes``, ``source_bytes``, ``compact`` (the compaction record or
-    ``None``) and ``checks`` (name -> max abs difference to the masked model's outputs)."""
+    ``None``) and ``checks`` (name -> max abs difference to the masked model's outputs).
+
+    Every flag and the output path are checked before the work: ``out`` is never a file the
+    export reads or a run's own file unless ``force``."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format: unknown format '{fmt}'; choose from: {', '.join(FORMATS)}")
     if fmt == "compressed" and compact:
@@ -145,6 +138,9 @@ def export_run(
 
     if fmt == "onnx":
         _onnxruntime()  # fail before the work
+    reads = [Path(run) / name for name in (RECIPE, WEIGHTS, SUMMARY)]
+    out = check_output(out, reads=reads, force=force)
+    structures = run_structures(run) if fmt == "compressed" else None
     model, spec, x, source = load_run(run)
     with torch.no_grad():
         ref = model(x)
@@ -167,9 +163,9 @@ def export_run(
     else:
         widths = BitWidths(value=bits) if bits is not None else None
         try:
-            record["writer"] = compressed.write_compressed(
-                model, run_structures(run), out, bits=widths
-            )
+            record["writer"] = compressed.write_compressed(model, structures, out, bits=widths)
+        except ConfigError:
+            raise
         except ValueError as e:
             raise ConfigError(f"--format compressed: {e}") from None
         state, _ = compressed.read_compressed(out)

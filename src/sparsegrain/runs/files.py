@@ -29,48 +29,66 @@ from ..core.io import (
 from ..core.state import flatten_state, unflatten_state
 from ..core.tables import overall_sparsity
 from ..recipe.load import Recipe, load_recipe
+from .rundir import (  # noqa: F401  (the names of a run directory, used through this module)
+    ANALYSIS,
+    CHECKPOINT,
+    JOURNAL,
+    LOCK,
+    MASKS,
+    METRICS,
+    RECIPE,
+    RUN_FILES,
+    STAGING,
+    SUMMARY,
+    WEIGHTS,
+    RunDir,
+    RunLock,
+    is_run_dir,
+    prepare_out_dir,
+)
 
-CHECKPOINT = "checkpoint.safetensors"
-WEIGHTS = "model.safetensors"
-MASKS = "masks.safetensors"
+# Recipe keys that cannot change a run's numbers: how many threads, progress bars, the
+# distributed timeout, loader workers (the order and augmentation of every epoch do not depend
+# on them). A resumed run may change them; any other key must stay as saved.
+RUNTIME_KEYS = ("train.threads", "train.progress", "train.dist_timeout", "data.num_workers")
 
 
-def prepare_out_dir(out: Path, *, resume: bool, overwrite: bool, write: bool = True) -> None:
-    """Check the output directory (every rank) and, where ``write``, create or clear it."""
-    if resume and overwrite:
-        raise ConfigError("--resume and --overwrite exclude each other; choose one")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a directory")
-    if resume:
-        if not (out / CHECKPOINT).is_file():
-            raise ConfigError(f"--resume: no {CHECKPOINT} in {out}; nothing to resume")
-        return
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(
-            f"--out {out}: directory is not empty; give --resume to continue the "
-            "run there or --overwrite to replace it"
-        )
-    if not write:
-        return
-    if overwrite and out.is_dir():
-        for name in (CHECKPOINT, WEIGHTS, MASKS, "metrics.jsonl", "summary.json", "recipe.yaml"):
-            (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+def recipe_differences(saved: Recipe, given: Recipe) -> list[tuple[str, Any, Any]]:
+    """``(key, saved value, given value)`` for every recipe key that differs, leaving out
+    ``RUNTIME_KEYS``."""
+    a, b = _dotted(saved.to_dict()), _dotted(given.to_dict())
+    keys = [k for k in dict.fromkeys([*a, *b]) if k not in RUNTIME_KEYS]
+    return [(k, a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)]
+
+
+def _dotted(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and prefix == "":
+            out.update(_dotted(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
 
 
 def write_recipe(out: Path, recipe: Recipe) -> None:
-    atomic_write_text(out / "recipe.yaml", recipe.dump())
+    atomic_write_text(out / RECIPE, recipe.dump())
 
 
-def read_run_recipe(run: Path) -> Recipe:
-    path = Path(run) / "recipe.yaml"
+def read_run_recipe(run: Path, flag: str = "--run") -> Recipe:
+    """The resolved recipe a run directory was trained with; ``flag`` names the directory's
+    option in messages."""
+    path, staged = Path(run) / RECIPE, Path(run) / STAGING
+    if (staged / JOURNAL).is_file() and (staged / RECIPE).is_file():
+        path = staged / RECIPE  # a new run whose swap in was cut short: the next writer ends it
     if not path.is_file():
-        raise ConfigError(f"--run {run}: no recipe.yaml; is this a sparsegrain run directory?")
+        raise ConfigError(f"{flag} {run}: no recipe.yaml; is this a sparsegrain run directory?")
     return load_recipe(path)
 
 
 def write_metrics(out: Path, history: list[dict]) -> None:
-    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    atomic_write_text(out / METRICS, "".join(json.dumps(r) + "\n" for r in history))
 
 
 def save_checkpoint(
@@ -96,18 +114,79 @@ def save_checkpoint(
 
 
 def load_checkpoint(out: Path, model: nn.Module, optimizer, sp) -> tuple[int, list[dict], float]:
-    tensors, meta = load_tensors(out / CHECKPOINT, "checkpoint")
+    """Restore model, optimizer, sparsity state and RNG from ``out``'s checkpoint; returns
+    ``(epoch, history, wall)``. Metadata of the wrong shape, a missing key or tensor, an epoch
+    below 0 or beyond the run's ``train.epochs`` (``sp.epochs``): a ConfigError naming the file
+    and the key."""
+    path = Path(out) / CHECKPOINT
+    tensors, meta = load_tensors(path, "checkpoint")
     if meta.get("format") != "sparsegrain-checkpoint":
-        raise ConfigError(f"checkpoint {out / CHECKPOINT}: not a sparsegrain checkpoint")
+        raise ConfigError(f"checkpoint {path}: not a sparsegrain checkpoint")
+    epoch, history, wall = _check_meta(path, meta, getattr(sp, "epochs", None))
+    if "rng.torch" not in tensors:
+        raise ConfigError(f"checkpoint {path}: no tensor 'rng.torch'")
     if "bn_masks" not in meta["sparsity"]:
         # Written before BatchNorms were masked with their filters: its weights name them
         # unmasked, and the run goes on as it started.
         sp.drop_norms("BN not masked: resumed from a checkpoint that did not mask BatchNorms")
-    load_model_state(model, split_prefix(tensors, "model."), str(out / CHECKPOINT))
-    sp.load_state_dict(unflatten_state(split_prefix(tensors, "sparsity."), meta["sparsity"]))
-    optimizer.load_state_dict(optimizer_from_flat(split_prefix(tensors, "optim."), meta["optim"]))
-    torch.set_rng_state(tensors["rng.torch"])
-    return int(meta["epoch"]), list(meta["history"]), float(meta["wall"])
+    load_model_state(model, split_prefix(tensors, "model."), str(path))
+    parts = (
+        ("sparsity", lambda: sp.load_state_dict(
+            unflatten_state(split_prefix(tensors, "sparsity."), meta["sparsity"])
+        )),
+        ("optim", lambda: optimizer.load_state_dict(
+            optimizer_from_flat(split_prefix(tensors, "optim."), meta["optim"])
+        )),
+        ("rng.torch", lambda: torch.set_rng_state(tensors["rng.torch"])),
+    )  # fmt: skip
+    for key, restore in parts:
+        try:
+            restore()
+        except ConfigError as e:
+            raise ConfigError(f"checkpoint {path}: {e}") from None
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+            what = f"key {e.args[0]!r} is missing" if isinstance(e, KeyError) else _reason(e)
+            raise ConfigError(
+                f"checkpoint {path}: '{key}' does not fit this run ({what})"
+            ) from None
+    return epoch, history, wall
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _check_meta(path: Path, meta: dict, epochs: float | None) -> tuple[int, list[dict], float]:
+    """The checkpoint metadata's epoch, history and wall time, every key checked."""
+    kinds = {"epoch": int, "wall": (int, float), "history": list, "optim": dict, "sparsity": dict}
+    names = {int: "an integer", (int, float): "a number", list: "a list", dict: "an object"}
+    for key, kind in kinds.items():
+        if key not in meta:
+            raise ConfigError(f"checkpoint {path}: no key '{key}' in its metadata")
+        value = meta[key]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise ConfigError(
+                f"checkpoint {path}: '{key}' must be {names[kind]}, got {type(value).__name__}"
+            )
+    epoch, wall, history = meta["epoch"], float(meta["wall"]), meta["history"]
+    if epoch < 0:
+        raise ConfigError(f"checkpoint {path}: 'epoch' is {epoch}, must be >= 0")
+    if epochs is not None and epoch > epochs:
+        raise ConfigError(
+            f"checkpoint {path}: 'epoch' is {epoch}, beyond this run's train.epochs {epochs:g}"
+        )
+    if not wall >= 0 or wall == float("inf"):
+        raise ConfigError(f"checkpoint {path}: 'wall' must be a finite number >= 0, got {wall}")
+    if len(history) != epoch or not all(isinstance(r, dict) for r in history):
+        raise ConfigError(
+            f"checkpoint {path}: 'history' must hold one object per epoch done ({epoch}), "
+            f"got {len(history)} entries"
+        )
+    for key in ("param_groups", "scalars"):
+        if not isinstance(meta["optim"].get(key), list if key == "param_groups" else dict):
+            raise ConfigError(f"checkpoint {path}: 'optim.{key}' is missing or malformed")
+    return epoch, list(history), wall
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -127,33 +206,34 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
     model.load_state_dict(state)
 
 
-def load_init(model: nn.Module, source: str) -> None:
+def load_init(model: nn.Module, source: str, flag: str = "--init") -> None:
     """Start from trained weights: a run directory, a ``.safetensors`` file, or a foreign
-    ``.pt``/``.pth`` state_dict read with ``torch.load(weights_only=True)`` (no code runs)."""
+    ``.pt``/``.pth`` state_dict read with ``torch.load(weights_only=True)`` (no code runs).
+    ``flag`` names the option that gave ``source`` in messages."""
     path = Path(source)
     if path.is_dir():
         path = path / WEIGHTS
     if path.suffix in (".pt", ".pth"):
-        tensors = _load_torch_weights(path)
+        tensors = _load_torch_weights(path, flag)
     else:
-        tensors, _ = load_tensors(path, "--init weights")
+        tensors, _ = load_tensors(path, f"{flag} weights")
     load_model_state(model, tensors, str(path))
 
 
-def _load_torch_weights(path: Path) -> dict[str, torch.Tensor]:
+def _load_torch_weights(path: Path, flag: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise ConfigError(f"--init weights not found: {path}")
+        raise ConfigError(f"{flag} weights not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling refused or a corrupt archive
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(
-            f"--init {path}: not a loadable weights-only state_dict ({reason})"
+            f"{flag} {path}: not a loadable weights-only state_dict ({reason})"
         ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(f"--init {path}: expected a state_dict of tensors")
+        raise ConfigError(f"{flag} {path}: expected a state_dict of tensors")
     return state
 
 
@@ -189,7 +269,7 @@ def finish(
         summary["scope"] = recipe.sparsity.scope  # one threshold over all layers, or per layer
     summary.update(sp.method.summary_extra())
     summary.update(extra or {})
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
     return summary
 
 

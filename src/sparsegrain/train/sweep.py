@@ -1,23 +1,46 @@
 """``sparsegrain sweep``: one recipe, a grid of methods x structures x sparsities, one table.
 
 Each point is an ordinary run directory ``OUT/<method>-<structure>-<target>`` trained in its own
-process (``--jobs`` at a time, the cores split between them). Finished points are reused and
-interrupted ones resumed, so a sweep can be started again after a stop.
+process (``--jobs`` at a time, the cores split between them). A sweep that stopped (interrupted,
+a point failed, the machine went down) continues when the same command is given again, with any
+``--jobs``: finished points are reused and interrupted ones resumed. Every point's recipe is
+checked before anything is trained, and so is every point already in ``OUT`` against the recipe
+this sweep would give it (settings that cannot change a run's numbers, ``RUNTIME_KEYS``, may
+differ).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import signal
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor, as_completed
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import ConfigError
 from ..core.io import atomic_write_text
 from ..core.tables import format_table
+from ..recipe.load import load_recipe
+from ..runs.files import (
+    CHECKPOINT,
+    RECIPE,
+    SUMMARY,
+    is_run_dir,
+    read_run_recipe,
+    recipe_differences,
+)
+from ..runs.records import check_output_dir, read_summary
+
+# What the sweep's table and sweep.json read of every point's summary.json.
+SUMMARY_KEYS = ("method", "structure", "target", "sparsity", "top1", "wall_time")
+AGAIN = "run the same sweep command again to continue: finished points are kept"
+
+_running: set[subprocess.Popen] = set()
+_running_lock = threading.Lock()
 
 
 def grid_points(
@@ -47,9 +70,8 @@ def run_point(
     """Train one point in a subprocess (or reuse / resume it); return its summary.
 
     ``extra`` are more ``sparsegrain train`` arguments of a fresh start (``--init DIR``)."""
-    summary = out / "summary.json"
-    if summary.is_file():
-        return json.loads(summary.read_text())
+    if (out / SUMMARY).is_file():
+        return read_summary(out, SUMMARY_KEYS, flag="sweep point")
     cmd = [
         sys.executable,
         "-m",
@@ -62,20 +84,55 @@ def run_point(
         "--set",
         f"train.threads={threads}",
     ]
-    if (out / "checkpoint.safetensors").is_file():
+    if (out / CHECKPOINT).is_file():
         cmd.append("--resume")
     else:
-        cmd += ["--recipe", str(recipe), "--overwrite", *extra]
+        cmd += ["--recipe", str(recipe), *extra]
+        if out.is_dir() and any(out.iterdir()):
+            cmd.append("--overwrite")  # what a start that never reached a checkpoint left
         cmd += [a for s in sets for a in ("--set", s)]
     out.parent.mkdir(parents=True, exist_ok=True)
     logfile = out.parent / f"{out.name}.log"
     with open(logfile, "a") as f:
-        code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+        with _running_lock:
+            _running.add(proc)
+        try:
+            code = proc.wait()
+        finally:
+            with _running_lock:
+                _running.discard(proc)
     if code != 0:
         tail = logfile.read_text().strip().splitlines()[-1:] or ["(no output)"]
         raise ConfigError(f"sweep point {out.name} failed (exit {code}): {tail[0]}; see {logfile}")
     log(f"finished {out.name}")
-    return json.loads(summary.read_text())
+    return read_summary(out, SUMMARY_KEYS, flag="sweep point")
+
+
+def check_points(recipe: Path, out: Path, points: list[tuple[str, list[str]]]) -> None:
+    """Before anything is trained: every point's recipe is valid, and every point already in
+    ``out`` was made with the recipe this sweep gives it."""
+    if not Path(recipe).is_file():
+        raise ConfigError(f"--recipe: recipe file not found: {recipe}")
+    check_output_dir(out, flag="--out", runs_inside=True)
+    for name, sets in points:
+        try:
+            want = load_recipe(recipe, sets)
+        except ConfigError as e:
+            raise ConfigError(f"sweep point {name}: {e}") from None
+        point = Path(out) / name
+        if point.exists() and not point.is_dir():
+            raise ConfigError(
+                f"--out {out}: {point} is in the way of point {name} (not a directory)"
+            )
+        if is_run_dir(point) and (point / RECIPE).is_file():
+            diff = recipe_differences(read_run_recipe(point), want)
+            if diff:
+                key, old, new = diff[0]
+                raise ConfigError(
+                    f"--out {out}: point {name} was trained with {key}={old}, this sweep gives "
+                    f"{key}={new}; choose another --out, or remove {point} to train it again"
+                )
 
 
 def sweep(
@@ -87,22 +144,60 @@ def sweep(
     threads: int | None = None,
     log=print,
 ) -> dict[str, dict[str, Any]]:
-    """Run every point and write ``OUT/sweep.json`` (summaries without per-layer rows)."""
-    if not Path(recipe).is_file():
-        raise ConfigError(f"recipe file not found: {recipe}")
-    threads = threads or max(1, 2 // max(jobs, 1))
+    """Run every point and write ``OUT/sweep.json`` (summaries without per-layer rows).
+
+    A failed point stops nothing else: the others are trained, then the failures are one
+    ConfigError. An interrupt stops the running points (each keeps its last checkpoint) and
+    starts no other."""
+    if not points:
+        raise ConfigError("sweep: no points to train")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"--jobs: must be an integer >= 1, got {jobs!r}")
+    check_points(recipe, out, points)
+    threads = threads or max(1, 2 // jobs)
     results: dict[str, dict[str, Any]] = {}
-    with ThreadPoolExecutor(max(jobs, 1)) as pool:
+    failures: list[str] = []
+    pool = ThreadPoolExecutor(jobs)
+    try:
         futures = {
             pool.submit(run_point, recipe, out / name, sets, threads, log): name
             for name, sets in points
         }
-        for future in as_completed(futures):
-            summary = future.result()
-            results[futures[future]] = {k: v for k, v in summary.items() if k != "layers"}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.5, return_when="FIRST_COMPLETED")
+            for future in done:
+                try:
+                    summary = future.result()
+                except ConfigError as e:
+                    failures.append(str(e))
+                    continue
+                results[futures[future]] = {k: v for k, v in summary.items() if k != "layers"}
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        _stop_running()
+        raise
+    pool.shutdown()
+    if failures:
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        raise ConfigError(f"{failures[0]}{more}; {AGAIN}")
     ordered = {name: results[name] for name, _ in points}
     atomic_write_text(out / "sweep.json", json.dumps(ordered, indent=2) + "\n")
     return ordered
+
+
+def _stop_running() -> None:
+    """Interrupt the points being trained (they keep their checkpoints) and wait for them."""
+    with _running_lock:
+        procs = list(_running)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    for p in procs:
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def sweep_table(results: dict[str, dict[str, Any]]) -> str:

@@ -1,183 +1,21 @@
-"""Command line: a thin shell over the library. Mistakes print one line and exit with status 2."""
+"""Command line: a thin shell over the library. Mistakes print one line and exit with status 2.
+
+A ``ConfigError`` (a recipe, flag or file mistake) and an ``OSError`` (a file that cannot be
+written or read: full disk, read-only file system, no permission) are one line on stderr
+naming the path or flag, exit status 2; a message of several lines is joined into one. A
+stopped run (``TrainingError``) is one line, exit 1; an interrupt says how to continue, with
+the status the exception carries (128 + the signal; 130 for Ctrl-C).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
-from .core.errors import ConfigError, TrainingError
-from .core.io import atomic_write_text
+from ..core.errors import ConfigError, TrainingError
+from . import commands
 
 EPILOG = "Recipes: see recipes/ and README.md. Every key can be changed with --set key.sub=value."
-
-
-def _train(args) -> int:
-    from .recipe.load import load_recipe
-    from .runs.files import read_run_recipe
-    from .train.loop import run
-
-    if args.resume:
-        recipe = read_run_recipe(args.out)
-        if args.recipe is not None or args.set:
-            given = load_recipe(args.recipe or recipe, args.set)
-            if given.to_dict() != recipe.to_dict():
-                raise ConfigError(
-                    f"--resume: the recipe differs from the one saved in {args.out}"
-                    "/recipe.yaml; resume without --recipe/--set"
-                )
-    elif args.recipe is None:
-        raise ConfigError("train: --recipe FILE is required (or --resume to continue a run)")
-    else:
-        recipe = load_recipe(args.recipe, args.set)
-    run(recipe, args.out, resume=args.resume, overwrite=args.overwrite, init=args.init)
-    return 0
-
-
-def _eval(args) -> int:
-    from .analysis.accuracy import evaluate
-    from .core.tables import overall_sparsity
-    from .data.catalog import build_data
-    from .recipe.build import build_model
-    from .runs.files import WEIGHTS, load_init, read_run_recipe
-
-    recipe = read_run_recipe(args.run)
-    data = build_data(recipe.data, seed=recipe.train.seed)
-    model = build_model(recipe, data.num_classes, data.in_channels)
-    load_init(model, str(Path(args.run) / WEIGHTS))
-    res = evaluate(model, data.test)
-    rows = _zero_report(model)
-    res["sparsity_conv_linear"] = overall_sparsity(rows)
-    print(
-        json.dumps(res, indent=2)
-        if args.json
-        else f"top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  loss {res['loss']:.4f}  "
-        f"zeros in Conv/Linear weights {res['sparsity_conv_linear']:.4f}"
-    )
-    return 0
-
-
-def _analyze(args) -> int:
-    from .analysis.analyze import AnalyzeOptions, analyze, load_subject, write
-
-    attacks = [a for a in args.attacks.split(",") if a] if args.attacks else []
-    for a in attacks:
-        if a not in ("fgsm", "pgd"):
-            raise ConfigError(f"--attacks: unknown attack '{a}'; choose from: fgsm, pgd")
-    opts = AnalyzeOptions(
-        value_bits=args.value_bits,
-        index_bits=args.index_bits,
-        attacks=attacks,
-        epsilons=_floats("--epsilons", args.epsilons),
-        pgd_steps=args.pgd_steps,
-        sensitivity=args.sensitivity,
-        sens_structure=args.sens_structure,
-        max_batches=args.max_batches,
-        progress=not args.no_progress,
-    )
-    subject = load_subject(args.run, args.weights, args.recipe, args.structure)
-    baseline = load_subject(args.baseline) if args.baseline else None
-    result, text = analyze(subject, opts, baseline)
-    out = (
-        Path(args.out)
-        if args.out
-        else (
-            Path(args.run) / "analysis.json"
-            if args.run
-            else Path(args.weights).with_suffix(".json")
-        )
-    )
-    write(result, out)
-    print(text)
-    print(f"\nwrote {out}")
-    return 0
-
-
-def _sweep(args) -> int:
-    from .train.sweep import grid_points, sweep, sweep_table
-
-    def names(text: str) -> list[str]:
-        return [x.strip() for x in text.split(",") if x.strip()]
-
-    points = grid_points(
-        names(args.methods), names(args.structures), _floats("--targets", args.targets)
-    )
-    points = [(n, sets + args.set) for n, sets in points]
-    results = sweep(Path(args.recipe), Path(args.out), points, jobs=args.jobs)
-    table = sweep_table(results)
-    atomic_write_text(Path(args.out) / "sweep.md", table + "\n")
-    print(table)
-    return 0
-
-
-def _report(args) -> int:
-    from .analysis.report import write_report
-
-    path = write_report(args.runs, args.out)
-    print(f"wrote {path}")
-    return 0
-
-
-def _export(args) -> int:
-    from .deploy.export import export_run
-
-    export_run(args.run, args.out, compact=args.compact, fmt=args.format, bits=args.bits)
-    return 0
-
-
-def _floats(flag: str, text: str) -> list[float]:
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
-    if not values or any(v < 0 or v > 1 for v in values):
-        raise ConfigError(f"{flag}: expected numbers in [0, 1], got {text!r}")
-    return values
-
-
-def _zero_report(model) -> list[dict]:
-    from .sparsity.masking import candidate_layers
-
-    rows = []
-    for name, m in candidate_layers(model):
-        w = m.weight.detach()
-        rows.append(
-            {
-                "name": name,
-                "structure": "fine",
-                "params": w.numel(),
-                "achieved": float((w == 0).sum()) / w.numel(),
-            }
-        )
-    return rows
-
-
-def _list(args) -> int:
-    from .data.catalog import list_datasets
-    from .methods import METHODS
-    from .models import list_models
-    from .structures import STRUCTURES
-
-    what = args.what
-    if what == "models":
-        items = list_models()
-    elif what == "datasets":
-        items = list_datasets()
-    elif what == "structures":
-        items = [
-            (e.name + (f" ({', '.join(e.aliases)})" if e.aliases else ""), e.help)
-            for e in STRUCTURES.entries()
-        ]
-    else:
-        items = [
-            (e.name + (f" ({', '.join(e.aliases)})" if e.aliases else ""), e.help)
-            for e in METHODS.entries()
-        ]
-    width = max(len(n) for n, _ in items)
-    for name, help_ in items:
-        print(f"{name:<{width}}  {help_}")
-    return 0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -221,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from trained weights (a run "
         "directory or a .safetensors file); needed by oneshot",
     )
-    t.set_defaults(func=_train)
+    t.set_defaults(func=commands.train)
 
     e = sub.add_parser(
         "eval",
@@ -230,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--run", metavar="DIR", required=True, help="run directory")
     e.add_argument("--json", action="store_true", help="print JSON")
-    e.set_defaults(func=_eval)
+    e.set_defaults(func=commands.evaluate_run)
 
     a = sub.add_parser(
         "analyze",
@@ -246,21 +84,24 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--recipe", metavar="FILE", help="with --weights: the recipe of the model/data")
     a.add_argument(
         "--structure",
-        default="fine",
         help="with --weights: structure of the layers that hold zeros (default fine)",
     )
-    a.add_argument("--out", metavar="FILE", help="where to write analysis.json")
-    a.add_argument("--value-bits", type=int, default=32, help="bits per stored value (32)")
-    a.add_argument("--index-bits", type=int, default=4, help="bits per relative index (4)")
+    a.add_argument(
+        "--out", metavar="FILE", help="where to write (default: RUN/analysis.json, FILE.json)"
+    )
+    a.add_argument(
+        "--force", action="store_true", help="write --out even over a file of a run or an input"
+    )
+    a.add_argument("--value-bits", type=int, default=32, help="bits per stored value, 1-64 (32)")
+    a.add_argument("--index-bits", type=int, default=4, help="bits per relative index, 1-32 (4)")
     a.add_argument(
         "--attacks",
-        default="",
         metavar="LIST",
         help="fgsm,pgd: adversarial "
         "accuracy (slow: PGD runs --pgd-steps backward passes per batch)",
     )
     a.add_argument("--epsilons", default="0,0.01,0.02,0.05", help="L-inf radii in pixel units")
-    a.add_argument("--pgd-steps", type=int, default=10, help="PGD iterations (10)")
+    a.add_argument("--pgd-steps", type=int, default=10, help="PGD iterations, >= 1 (10)")
     a.add_argument("--baseline", metavar="RUN_DIR", help="dense run to attack side by side")
     a.add_argument(
         "--sensitivity",
@@ -270,14 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--sens-structure", help="structure for the sensitivity scan")
     a.add_argument("--max-batches", type=int, help="test batches for robustness/sensitivity")
     a.add_argument("--no-progress", action="store_true", help="no progress bars")
-    a.set_defaults(func=_analyze)
+    a.set_defaults(func=commands.analyze)
 
     sw = sub.add_parser(
         "sweep",
         help="train a grid of methods x structures x sparsities",
         description="Train one recipe over methods x structures x targets, one "
         "run directory per point, and print one table (also OUT/sweep.md and "
-        "OUT/sweep.json). Finished points are reused, interrupted ones resumed.",
+        "OUT/sweep.json). A stopped sweep continues when the same command is given again "
+        "(with any --jobs): finished points are reused, interrupted ones resumed.",
     )
     sw.add_argument("--recipe", metavar="FILE", required=True, help="base recipe")
     sw.add_argument("--out", metavar="DIR", required=True, help="directory of the runs")
@@ -291,8 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override for every point (repeatable)",
     )
-    sw.add_argument("--jobs", type=int, default=1, help="points trained at once")
-    sw.set_defaults(func=_sweep)
+    sw.add_argument("--jobs", type=int, default=1, help="points trained at once (>= 1)")
+    sw.set_defaults(func=commands.sweep)
 
     rp = sub.add_parser(
         "report",
@@ -303,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("runs", nargs="+", metavar="DIR", help="run directories")
     rp.add_argument("--out", metavar="DIR", default="report", help="output directory (report)")
-    rp.set_defaults(func=_report)
+    rp.set_defaults(func=commands.report)
 
     ex = sub.add_parser(
         "export",
@@ -314,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--run", metavar="DIR", required=True, help="run directory")
     ex.add_argument("--out", metavar="PATH", required=True, help="file to write")
+    ex.add_argument(
+        "--force", action="store_true", help="write --out even over a file of a run or an input"
+    )
     ex.add_argument("--compact", action="store_true", help="remove zeroed filters/channels first")
     ex.add_argument(
         "--format",
@@ -327,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[32, 16],
         help="with --format compressed: bits per stored value (32 exact, 16 float16 lossy)",
     )
-    ex.set_defaults(func=_export)
+    ex.set_defaults(func=commands.export)
 
     ls = sub.add_parser(
         "list",
@@ -335,14 +180,45 @@ def build_parser() -> argparse.ArgumentParser:
         description="List the registered names with a one-line description.",
     )
     ls.add_argument("what", choices=["models", "datasets", "structures", "methods"])
-    ls.set_defaults(func=_list)
+    ls.set_defaults(func=commands.list_names)
     return p
 
 
 def _version() -> str:
-    from .core.version import VERSION as __version__
+    from ..core.version import VERSION as __version__
 
     return f"sparsegrain {__version__}"
+
+
+def one_line(message: str) -> str:
+    """A message of several lines as one: ``"x:\n  expected [3]\n  got [4]"`` becomes
+    ``"x: expected [3]; got [4]"``."""
+    parts = [" ".join(p.split()) for p in str(message).splitlines() if p.strip()]
+    if not parts:
+        return ""
+    text = parts[0]
+    for part in parts[1:]:
+        text += (" " if text.endswith((":", ";", ",")) else "; ") + part
+    return text
+
+
+def _os_error(e: OSError) -> str:
+    reason = e.strerror or str(e) or type(e).__name__
+    path = e.filename
+    return f"{path}: {reason}" if path is not None else reason
+
+
+def _interrupted(args, e: KeyboardInterrupt) -> str:
+    if str(e):
+        return str(e)
+    if args.command == "train":
+        return "interrupted; resume with --resume"
+    if args.command == "sweep":
+        return (
+            "interrupted; run the same sweep command again to continue it: finished points are "
+            "kept, interrupted ones resume"
+        )
+    return "interrupted"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -350,14 +226,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as e:
-        print(f"sparsegrain: error: {e}", file=sys.stderr)
+        print(f"sparsegrain: error: {one_line(str(e))}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"sparsegrain: error: {one_line(_os_error(e))}", file=sys.stderr)
         return 2
     except TrainingError as e:
-        print(f"sparsegrain: stopped: {e}", file=sys.stderr)
+        print(f"sparsegrain: stopped: {one_line(str(e))}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("sparsegrain: interrupted; resume with --resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # a stopped run's exception says how to continue
+        print(f"sparsegrain: {one_line(_interrupted(args, e))}", file=sys.stderr)
+        status = getattr(e, "status", 130)
+        return status if isinstance(status, int) else 130
 
 
 if __name__ == "__main__":
