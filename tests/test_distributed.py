@@ -1,16 +1,21 @@
 """Two processes with gloo on loopback, for every method: identical masks and final weights on
-every rank, and the same masks as one process with the same global batch."""
+every rank, and the same masks as one process with the same global batch; a rank that stops
+answering is named by the other within ``train.dist_timeout``."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from conftest import train_cli
 
+from sparsegrain.core.dist import SINGLE, DistInfo, collective_failure
 from sparsegrain.core.io import load_tensors
 
 pytestmark = pytest.mark.slow  # torchrun with two processes: a few seconds a test
@@ -59,9 +64,8 @@ METHODS = {
 }
 
 
-def torchrun(*args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
+def torchrun_command(*args) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
@@ -73,12 +77,47 @@ def torchrun(*args) -> subprocess.CompletedProcess:
         "train",
         *map(str, args),
     ]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+
+
+def torchrun(*args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        torchrun_command(*args), env=env, capture_output=True, text=True, timeout=240
+    )
+
+
+def workers(launcher: int) -> dict[int, int]:
+    """Rank -> process id of the workers torchrun process ``launcher`` started."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if parent != launcher:
+                continue
+            env = (proc / "environ").read_bytes().decode(errors="replace").split("\0")
+        except (OSError, ValueError):  # not a process, or one that just ended
+            continue
+        rank = [kv.split("=", 1)[1] for kv in env if kv.startswith("RANK=")]
+        if rank:
+            found[int(rank[0])] = int(proc.name)
+    return found
+
+
+def running(pid: int) -> bool:
+    """Still running: neither gone nor a zombie its parent has not collected yet."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def failure(proc: subprocess.CompletedProcess) -> str:
     """What the ranks said before torchrun's own summary, which ends stderr."""
-    lines = [ln for ln in proc.stderr.splitlines() if "torch/distributed/" not in ln]
+    return failure_text(proc.stderr.splitlines())
+
+
+def failure_text(stderr: list[str]) -> str:
+    lines = [ln for ln in stderr if "torch/distributed/" not in ln]
     return "\n".join(lines if len(lines) <= 50 else lines[:40] + ["..."] + lines[-10:])
 
 
@@ -132,3 +171,79 @@ def test_resume_with_another_world_size(dense):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ranks"]["world_size"] == 2 and summary["epochs"] == 2
     assert len(set(summary["ranks"]["mask_checksums"])) == 1
+
+
+def test_a_rank_that_stops_answering_is_named_by_the_other(tmp_path):
+    path = tmp_path / "hang.yaml"
+    train = {**RECIPE["train"], "epochs": 1000, "dist_timeout": 2}
+    path.write_text(yaml.safe_dump({**RECIPE, "train": train, "sparsity": {"method": "dense"}}))
+    out = tmp_path / "hang"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = torchrun_command("--recipe", path, "--out", out)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ranks: dict[int, int] = {}
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "metrics.jsonl").is_file():  # both ranks are in the epoch loop
+            assert proc.poll() is None, failure_text(proc.stderr.read().decode().splitlines())
+            assert time.monotonic() < deadline, "no epoch done in 120 s"
+            time.sleep(0.01)
+        ranks = workers(proc.pid)
+        assert sorted(ranks) == [0, 1]
+        os.kill(ranks[1], signal.SIGSTOP)  # hangs: alive, its sockets open, answering nothing
+        stopped = time.monotonic()
+        while running(ranks[0]) and time.monotonic() - stopped < 60:
+            time.sleep(0.02)
+        waited = time.monotonic() - stopped
+        os.kill(ranks[1], signal.SIGCONT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            for pid in ranks.values():
+                os.kill(pid, signal.SIGCONT)
+            proc.terminate()  # torchrun passes SIGTERM on to its workers
+            proc.wait(timeout=60)
+    err = proc.stderr.read().decode().splitlines()
+    # the collective times out after 2 s, then rank 0 waits up to 2 s for rank 1 to check in
+    assert 2 < waited < 10, (waited, err)
+    assert proc.returncode != 0
+    assert (
+        "sparsegrain: stopped: rank 1 stopped answering (Timed out waiting 2000ms for recv "
+        "operation to complete; train.dist_timeout is 2 s); resume with --resume"
+    ) in err, failure_text(err)
+    _, meta = load_tensors(out / "checkpoint.safetensors")
+    assert meta["epoch"] >= 1
+
+
+class CheckIns:
+    """A store holding the keys ranks set after a failed collective."""
+
+    def __init__(self, *keys):
+        self.keys = set(keys)
+
+    def set(self, key, value):
+        self.keys.add(key)
+
+    def check(self, keys):
+        return all(k in self.keys for k in keys)
+
+
+def test_a_failed_collective_names_the_ranks_that_never_check_in():
+    timeout = "[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting "
+    error = RuntimeError(timeout + "200ms for recv operation to complete")
+    info = DistInfo(0, 4, owns_group=True, timeout=0.2, store=CheckIns("gave_up/2"))
+    assert str(collective_failure(error, info)) == (
+        "ranks 1, 3 stopped answering (Timed out waiting 200ms for recv operation to complete; "
+        "train.dist_timeout is 0.2 s)"
+    )
+    closed = RuntimeError(
+        "[../gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:1447. "
+        "This is typically caused by a remote worker crashing."
+    )
+    everyone = CheckIns("gave_up/0", "gave_up/2")
+    info = DistInfo(1, 3, owns_group=True, timeout=0.2, store=everyone)
+    assert str(collective_failure(closed, info)) == (
+        "a collective failed on rank 1: Connection closed by peer [127.0.0.1]:1447"
+    )
+    assert collective_failure(RuntimeError("mat1 and mat2 shapes differ"), info) is None
+    assert collective_failure(error, SINGLE) is None

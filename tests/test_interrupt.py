@@ -1,4 +1,5 @@
-"""Killed runs resume to the same bits; a non-finite loss stops cleanly keeping the checkpoint."""
+"""Stopped runs continue with the command their message suggests, to the same bits: killed at any
+moment, stopped by SIGINT or SIGTERM (also in the first epoch), or by a non-finite loss."""
 
 import json
 import os
@@ -14,6 +15,10 @@ from conftest import assert_same_files, train_cli
 
 from sparsegrain import cli
 from sparsegrain.core.io import load_tensors
+from sparsegrain.recipe.load import load_recipe
+from sparsegrain.runs import files as runfiles
+from sparsegrain.train import loop
+from sparsegrain.train.loop import Interrupted
 
 RECIPE = {
     "model": {"name": "resnet_tiny"},
@@ -41,6 +46,7 @@ RECIPE = {
         "frequency": 8,
     },
 }
+SMALL = {**RECIPE, "data": {**RECIPE["data"], "synthetic_train": 128}}  # 4 steps an epoch
 
 
 def start(*args) -> subprocess.Popen:
@@ -54,11 +60,41 @@ def epochs_done(out) -> int:
     return len(path.read_text().splitlines()) if path.is_file() else 0
 
 
-@pytest.mark.slow
-def test_sigkill_at_any_moment_then_resume_gives_identical_bits(tmp_path):
-    recipe = tmp_path / "r.yaml"
+def leftovers(out) -> list[str]:
+    return sorted(p.name for p in out.iterdir() if p.name.endswith(".tmp"))
+
+
+def stop_line(proc: subprocess.Popen, sig: int) -> str:
+    """The one stderr line of a run that ``sig`` stopped after its first checkpoint."""
+    err = proc.stderr.read().decode().splitlines()
+    assert len(err) == 1, err
+    name = "interrupted" if sig == signal.SIGINT else f"terminated ({signal.Signals(sig).name})"
+    assert err[0] == f"sparsegrain: {name}; resume with --resume"
+    assert proc.returncode == 128 + sig  # 130 for SIGINT, 143 for SIGTERM
+    return err[0]
+
+
+@pytest.fixture(scope="module")
+def ref(tmp_path_factory):
+    """The recipe file and its run, never stopped."""
+    root = tmp_path_factory.mktemp("ref")
+    recipe = root / "r.yaml"
     recipe.write_text(yaml.safe_dump(RECIPE))
-    assert train_cli("--recipe", recipe, "--out", tmp_path / "ref") == 0
+    assert train_cli("--recipe", recipe, "--out", root / "ref") == 0
+    return recipe, root / "ref"
+
+
+def assert_same_run(ref_dir, out) -> None:
+    assert_same_files(ref_dir, out)
+    assert_same_files(ref_dir, out, "masks.safetensors")
+    ref = json.loads((ref_dir / "summary.json").read_text())
+    got = json.loads((out / "summary.json").read_text())
+    assert got["top1"] == ref["top1"] and got["sparsity"] == ref["sparsity"]
+
+
+@pytest.mark.slow
+def test_sigkill_at_any_moment_then_resume_gives_identical_bits(tmp_path, ref):
+    recipe, ref_dir = ref
     out = tmp_path / "killed"
     proc = start("--recipe", recipe, "--out", out)
     kills = 0
@@ -76,39 +112,131 @@ def test_sigkill_at_any_moment_then_resume_gives_identical_bits(tmp_path):
         proc = start("--out", out, "--resume")
     assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-2000:]
     assert kills >= 2
+    assert_same_run(ref_dir, out)
+
+
+@pytest.mark.slow
+def test_sigterm_while_writing_is_one_line_leaves_no_temporary_file_and_resumes(tmp_path, ref):
+    recipe, ref_dir = ref
+    out = tmp_path / "term"
+    proc = start("--recipe", recipe, "--out", out)
+    while epochs_done(out) < 2 and proc.poll() is None:
+        time.sleep(0.005)
+    deadline = time.monotonic() + 10
+    while proc.poll() is None and time.monotonic() < deadline and not leftovers(out):
+        pass  # signal while a checkpoint or metrics file is being written, when one is caught
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    stop_line(proc, signal.SIGTERM)
+    assert leftovers(out) == []
+    assert not (out / "summary.json").exists()
+    _, meta = load_tensors(out / "checkpoint.safetensors")
+    assert meta["epoch"] >= 2
+    assert train_cli("--out", out, "--resume") == 0
+    assert_same_run(ref_dir, out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_in_the_first_epoch_leaves_a_run_that_resume_continues(tmp_path, ref, sig):
+    recipe, ref_dir = ref
+    out = tmp_path / "first"
+    proc = start("--recipe", recipe, "--out", out)
+    while not (out / "checkpoint.safetensors").is_file() and proc.poll() is None:
+        time.sleep(0.001)
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    stop_line(proc, sig)
+    _, meta = load_tensors(out / "checkpoint.safetensors")
+    assert meta["epoch"] == 0 and meta["history"] == []
+    assert epochs_done(out) == 0 and leftovers(out) == []
+    assert train_cli("--out", out, "--resume") == 0
+    assert_same_run(ref_dir, out)
+
+
+def test_sigterm_raises_interrupted_and_gives_the_handler_back(tmp_path, monkeypatch):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(SMALL))
+    assert train_cli("--recipe", recipe, "--out", tmp_path / "ref") == 0
+    real_save = runfiles.save_checkpoint
+
+    def save_then_sigterm(out, model, opt, sp, epoch, *rest):
+        real_save(out, model, opt, sp, epoch, *rest)
+        if epoch == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # Python runs the handler right after this
+
+    def before(signum, frame):
+        raise AssertionError("the run's handler was not the one called")
+
+    previous = signal.signal(signal.SIGTERM, before)
+    try:
+        monkeypatch.setattr(runfiles, "save_checkpoint", save_then_sigterm)
+        out = tmp_path / "term"
+        with pytest.raises(Interrupted) as stop:
+            loop.run(load_recipe(recipe), out, log=lambda *a: None)
+        assert signal.getsignal(signal.SIGTERM) is before
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert str(stop.value) == "terminated (SIGTERM); resume with --resume"
+    assert stop.value.status == 143 and isinstance(stop.value, KeyboardInterrupt)
+    monkeypatch.undo()
+    assert load_tensors(out / "checkpoint.safetensors")[1]["epoch"] == 2
+    assert train_cli("--out", out, "--resume") == 0
     assert_same_files(tmp_path / "ref", out)
-    assert_same_files(tmp_path / "ref", out, "masks.safetensors")
-    ref = json.loads((tmp_path / "ref" / "summary.json").read_text())
-    got = json.loads((out / "summary.json").read_text())
-    assert got["top1"] == ref["top1"] and got["sparsity"] == ref["sparsity"]
 
 
-def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(
-    tmp_path, monkeypatch, capsys
+@pytest.mark.parametrize("where", ["setup", "start checkpoint"])
+def test_a_stop_before_the_first_checkpoint_leaves_the_directory_to_the_same_command(
+    tmp_path, monkeypatch, where
 ):
     recipe = tmp_path / "r.yaml"
-    small = {**RECIPE, "data": {**RECIPE["data"], "synthetic_train": 128}}
-    recipe.write_text(yaml.safe_dump(small))
-    steps_per_epoch = 128 // 32
+    recipe.write_text(yaml.safe_dump(SMALL))
 
-    class NaNAfter(torch.nn.CrossEntropyLoss):
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if where == "setup":
+        monkeypatch.setattr(loop, "build_model", stop)
+    else:
+        monkeypatch.setattr(runfiles, "save_checkpoint", stop)
+    out = tmp_path / "early"
+    with pytest.raises(Interrupted) as e:
+        loop.run(load_recipe(recipe), out, log=lambda *a: None)
+    assert str(e.value) == "interrupted before the first checkpoint; run the same command again"
+    assert e.value.status == 130
+    assert not out.exists() or list(out.iterdir()) == []  # nothing of the run is left
+    monkeypatch.undo()
+    assert train_cli("--recipe", recipe, "--out", out) == 0
+
+
+@pytest.mark.parametrize(
+    ("nan_at", "where", "kept"),
+    [(4 + 2, "epoch 2, step 6", "the checkpoint after epoch 1"), (2, "epoch 1, step 2", None)],
+)
+def test_non_finite_loss_stops_naming_the_step_and_the_checkpoint_kept(
+    tmp_path, monkeypatch, capsys, nan_at, where, kept
+):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(SMALL))
+
+    class NaNAt(torch.nn.CrossEntropyLoss):
         calls = 0
 
         def forward(self, out, y):
-            NaNAfter.calls += 1
+            NaNAt.calls += 1
             loss = super().forward(out, y)
-            return loss * float("nan") if NaNAfter.calls == steps_per_epoch + 2 else loss
+            return loss * float("nan") if NaNAt.calls == nan_at else loss
 
-    monkeypatch.setattr("sparsegrain.train.loop.nn.CrossEntropyLoss", NaNAfter)
+    monkeypatch.setattr("sparsegrain.train.loop.nn.CrossEntropyLoss", NaNAt)
     out = tmp_path / "nan"
     assert cli.main(["train", "--recipe", str(recipe), "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip()
     assert err == (
-        "sparsegrain: stopped: non-finite loss (nan) at epoch 2, step 6; the last good "
-        "checkpoint is kept (lower train.lr?)"
+        f"sparsegrain: stopped: non-finite loss (nan) at {where}; "
+        f"{kept or 'the start checkpoint'} is kept (lower train.lr?)"
     )
     _, meta = load_tensors(out / "checkpoint.safetensors")
-    assert meta["epoch"] == 1
+    assert meta["epoch"] == (1 if kept else 0)
     monkeypatch.undo()
     assert train_cli("--out", out, "--resume") == 0
 
@@ -123,6 +251,28 @@ def test_files_are_written_whole(tmp_path, name):
     }
     recipe.write_text(yaml.safe_dump(small))
     assert train_cli("--recipe", recipe, "--out", tmp_path / "run") == 0
-    leftovers = [p.name for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
-    assert leftovers == []
+    assert leftovers(tmp_path / "run") == []
     assert (tmp_path / "run" / name).read_text().strip()
+
+
+def test_a_signal_while_the_start_is_written_waits_for_it_then_resume_continues(
+    tmp_path, monkeypatch
+):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(SMALL))
+    assert train_cli("--recipe", recipe, "--out", tmp_path / "ref") == 0
+    real_write = runfiles.write_recipe
+
+    def write_then_sigint(out, recipe):
+        real_write(out, recipe)
+        os.kill(os.getpid(), signal.SIGINT)  # between the recipe and the start checkpoint
+
+    monkeypatch.setattr(runfiles, "write_recipe", write_then_sigint)
+    out = tmp_path / "held"
+    with pytest.raises(Interrupted) as e:
+        loop.run(load_recipe(recipe), out, log=lambda *a: None)
+    assert str(e.value) == "interrupted; resume with --resume"
+    assert load_tensors(out / "checkpoint.safetensors")[1]["epoch"] == 0
+    monkeypatch.undo()
+    assert train_cli("--out", out, "--resume") == 0
+    assert_same_files(tmp_path / "ref", out)

@@ -1,8 +1,15 @@
-"""The one training loop: epochs, LR schedule, sparsity hooks, evaluation, checkpoints, resume."""
+"""The one training loop: epochs, LR schedule, sparsity hooks, evaluation, checkpoints, resume.
+
+A run writes its recipe and a checkpoint before the first step, and a checkpoint after every
+epoch, so whenever it stops from then on (Ctrl-C, SIGTERM, a failure, a kill) ``--resume``
+continues it to the same bits. SIGTERM stops it like Ctrl-C; a rank that stops answering under
+torchrun stops every other rank after ``train.dist_timeout`` seconds, naming it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +23,7 @@ from ..core.dist import (
     DistInfo,
     all_sum,
     barrier,
+    collective_failure,
     gather_ints,
     init_from_env,
     mask_checksum,
@@ -32,6 +40,7 @@ from ..recipe.build import build_model
 from ..recipe.load import Recipe
 from ..runs import files as runfiles
 from ..sparsity.handle import Sparsifier, sparsify_
+from .stops import Interrupted, Stops, next_step
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_bn_and_bias: bool) -> list[dict]:
@@ -107,7 +116,8 @@ def train_epoch(
     info: DistInfo = SINGLE,
 ) -> dict[str, float]:
     """One epoch; the LR is set before every step from the pure schedule. ``model`` is what the
-    forward pass goes through (the DistributedDataParallel wrapper under torchrun)."""
+    forward pass goes through (the DistributedDataParallel wrapper under torchrun). A non-finite
+    loss stops the run; the loop's checkpoint from before epoch ``epoch`` + 1 is kept."""
     tr = recipe.train
     model.train()
     loader.set_epoch(epoch)
@@ -124,10 +134,10 @@ def train_epoch(
         loss = criterion(out, y)
         total = loss + sp.penalty()
         if not torch.isfinite(total):
+            kept = f"the checkpoint after epoch {epoch}" if epoch else "the start checkpoint"
             raise TrainingError(
                 f"non-finite loss ({total.detach().item()}) at epoch {epoch + 1}, "
-                f"step {sp.steps + 1}; "
-                "the last good checkpoint is kept (lower train.lr?)"
+                f"step {sp.steps + 1}; {kept} is kept (lower train.lr?)"
             )
         optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -162,17 +172,31 @@ def run(
     Under torchrun (``WORLD_SIZE`` > 1) every process runs this: data is sharded, the model is
     wrapped in DistributedDataParallel, ``data.batch_size`` is the global batch, metrics are
     reduced over ranks, masks are checked identical across ranks, and rank 0 alone writes files.
+
+    Ctrl-C or SIGTERM raises ``Interrupted``; a collective that times out or loses a rank raises
+    a ``TrainingError`` naming the ranks that stopped answering. Both say how to continue.
     """
-    info = init_from_env()
-    try:
-        return _run(
-            recipe, Path(out_dir), info, resume=resume, overwrite=overwrite, init=init, log=log
-        )
-    finally:
-        shutdown(info)
+    out, info = Path(out_dir), SINGLE
+    with Stops(started=resume) as stops:
+        try:
+            info = init_from_env(recipe.train.dist_timeout)
+            return _run(
+                recipe, out, info, stops, resume=resume, overwrite=overwrite, init=init, log=log
+            )
+        except KeyboardInterrupt as e:
+            raise Interrupted(getattr(e, "signum", signal.SIGINT), stops.started) from None
+        except RuntimeError as e:
+            stop = collective_failure(e, info)
+            if stop is None:
+                raise
+            raise TrainingError(f"{stop}{next_step(stops.started)}") from None
+        finally:
+            shutdown(info)
 
 
-def _run(recipe: Recipe, out: Path, info: DistInfo, *, resume, overwrite, init, log) -> dict:
+def _run(
+    recipe: Recipe, out: Path, info: DistInfo, stops: Stops, *, resume, overwrite, init, log
+) -> dict:
     if not info.main:
         log = _quiet
     runfiles.prepare_out_dir(out, resume=resume, overwrite=overwrite, write=info.main)
@@ -208,15 +232,41 @@ def _run(recipe: Recipe, out: Path, info: DistInfo, *, resume, overwrite, init, 
     )
     sp.dist = info
     forward = _ddp(model, info)
-    history: list[dict] = []
-    start_epoch, wall = 0, 0.0
-    if resume:
-        start_epoch, history, wall = runfiles.load_checkpoint(out, model, optimizer, sp)
-        log(f"resuming {out} at epoch {start_epoch + 1}/{tr.epochs}")
-    elif info.main:
-        runfiles.write_recipe(out, recipe)
+    with runfiles.RunDir(out, resume=resume, overwrite=overwrite, write=info.main) as rd:
+        history: list[dict] = []
+        start_epoch, wall = 0, 0.0
+        if resume:
+            start_epoch, history, wall = runfiles.load_checkpoint(rd.path, model, optimizer, sp)
+            log(f"resuming {out} at epoch {start_epoch + 1}/{tr.epochs}")
+        else:
+            with stops.held():  # the recipe, the checkpoint and the flag, or none of them
+                _start(rd.path, recipe, model, optimizer, sp, info)
+                rd.commit()  # the new run has started: it replaces an old one (--overwrite) now
+                stops.started = True
+            barrier(info)
+        parts = _Parts(model, forward, data, optimizer, sp)
+        return _epochs(rd.path, recipe, parts, info, log, start_epoch, history, wall)
+
+
+@dataclasses.dataclass
+class _Parts:
+    """What a training process has built before its first step."""
+
+    model: nn.Module
+    forward: nn.Module  # the model, or its DistributedDataParallel wrapper
+    data: Any
+    optimizer: torch.optim.Optimizer
+    sp: Sparsifier
+
+
+def _epochs(out, recipe, parts: _Parts, info, log, start, history, wall) -> dict:
+    """The epochs from ``start`` on, each checkpointed, then the final evaluation and files."""
+    tr = recipe.train
+    model, forward, data, optimizer, sp = (
+        parts.model, parts.forward, parts.data, parts.optimizer, parts.sp
+    )  # fmt: skip
     criterion = nn.CrossEntropyLoss(label_smoothing=tr.label_smoothing)
-    for epoch in range(start_epoch, tr.epochs):
+    for epoch in range(start, tr.epochs):
         t0 = time.perf_counter()
         row = {
             "epoch": epoch + 1,
@@ -252,6 +302,20 @@ def _run(recipe: Recipe, out: Path, info: DistInfo, *, resume, overwrite, init, 
         log(format_summary(summary))
     barrier(info)
     return summary
+
+
+def _start(out: Path, recipe: Recipe, model, optimizer, sp: Sparsifier, info: DistInfo) -> None:
+    """Write the recipe and the checkpoint of epoch 0 (rank 0): from here on --resume continues
+    the run. A failure of the checkpoint takes the recipe written here back, leaving what a
+    fresh start expects (a file that was there before is never removed)."""
+    if not info.main:
+        return
+    runfiles.write_recipe(out, recipe)
+    try:
+        runfiles.save_checkpoint(out, model, optimizer, sp, 0, [], 0.0)
+    except BaseException:
+        (out / "recipe.yaml").unlink(missing_ok=True)
+        raise
 
 
 def _quiet(*args, **kwargs) -> None:
