@@ -209,6 +209,25 @@ def test_a_stop_before_the_first_checkpoint_leaves_the_directory_to_the_same_com
     assert train_cli("--recipe", recipe, "--out", out) == 0
 
 
+@pytest.mark.parametrize("command", ["resume", "train again"])
+def test_a_run_killed_between_its_recipe_and_first_checkpoint_is_no_dead_end(tmp_path, command):
+    """SIGKILL can land between the two writes of a start: the directory holds recipe.yaml
+    alone, with the lock file the killed process left. ``--resume`` starts that run from the
+    beginning; a new ``train`` may use the directory. Either way the result is the uninterrupted
+    run's."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(SMALL))
+    assert train_cli("--recipe", recipe, "--out", tmp_path / "ref") == 0
+    out = tmp_path / "killed"
+    out.mkdir()
+    (out / "recipe.yaml").write_text((tmp_path / "ref" / "recipe.yaml").read_text())
+    (out / ".sparsegrain.lock").write_text("pid 1 on host h since t\n")  # the killed writer's
+    args = ["--out", out, "--resume"] if command == "resume" else ["--recipe", recipe, "--out", out]
+    assert train_cli(*args) == 0
+    assert_same_files(tmp_path / "ref", out)
+    assert_same_files(tmp_path / "ref", out, "masks.safetensors")
+
+
 @pytest.mark.parametrize(
     ("nan_at", "where", "kept"),
     [(4 + 2, "epoch 2, step 6", "the checkpoint after epoch 1"), (2, "epoch 1, step 2", None)],

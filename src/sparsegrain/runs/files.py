@@ -43,6 +43,7 @@ from .rundir import (  # noqa: F401  (the names of a run directory, used through
     WEIGHTS,
     RunDir,
     RunLock,
+    has_checkpoint,
     is_run_dir,
     prepare_out_dir,
 )

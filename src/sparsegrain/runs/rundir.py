@@ -72,6 +72,15 @@ def has_checkpoint(out: Path) -> bool:
     )
 
 
+def never_started(out: Path) -> bool:
+    """A run stopped between writing its recipe and its first checkpoint (a SIGKILL in those
+    milliseconds): ``recipe.yaml`` alone, beside the lock file its killed writer left (so a
+    user's own ``recipe.yaml`` is never taken for one). ``--resume`` starts it from the
+    beginning and a new ``train`` may use the directory, so neither command is a dead end."""
+    out = Path(out)
+    return out.is_dir() and (out / LOCK).is_file() and run_entries(out) == [RECIPE]
+
+
 def prepare_out_dir(
     out: str | Path, *, resume: bool, overwrite: bool, write: bool = True, flag: str = "--out"
 ) -> None:
@@ -88,10 +97,10 @@ def prepare_out_dir(
     elif out.exists() and not out.is_dir():
         raise ConfigError(f"{flag} {out}: exists and is not a directory")
     if resume:
-        if not has_checkpoint(out):
+        if not has_checkpoint(out) and not never_started(out):
             raise ConfigError(f"--resume: no {CHECKPOINT} in {out}; nothing to resume")
         return
-    entries = run_entries(out) if out.is_dir() else []
+    entries = run_entries(out) if out.is_dir() and not never_started(out) else []
     if entries and not overwrite:
         raise ConfigError(
             f"{flag} {out}: directory is not empty; give --resume to continue the "

@@ -200,6 +200,9 @@ def _run(
     if not info.main:
         log = _quiet
     runfiles.prepare_out_dir(out, resume=resume, overwrite=overwrite, write=info.main)
+    if resume and not runfiles.has_checkpoint(out):  # stopped before its epoch-0 checkpoint
+        log(f"{out} never reached its first checkpoint: starting it from the beginning")
+        resume = False
     barrier(info)
     tr = recipe.train
     if tr.threads:
