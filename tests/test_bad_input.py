@@ -52,6 +52,8 @@ def env(tmp_path_factory):
     (root / "deep.yaml").write_text("model: {options: " + "[" * 40 + "]" * 40 + "}\n")
     (root / "intkey.yaml").write_text("train:\n  1: 2\n")
     (root / "big.yaml").write_text("train: {epochs: 1}\n" + "#" * (1 << 20) + "\n")
+    (root / "nul.yaml").write_bytes(b"model: {name: mlp_tiny}\x00\n")
+    (root / "utf16.yaml").write_bytes("model: {name: mlp_tiny}\n".encode("utf-16"))
     idx_files(root / "badmagic", magic=0x999)
     idx_files(root / "truncated", truncate=True)
     # a truncated and a garbage checkpoint, each in a run directory that could be resumed
@@ -238,6 +240,58 @@ CASES = [
         ["train", "--recipe", "{root}/big.yaml", "--out", "{root}/new"],
         "big.yaml: larger than 1048576 bytes",
     ),
+    (
+        ["train", "--recipe", "{root}/nul.yaml", "--out", "{root}/new"],
+        "nul.yaml: invalid YAML at character 23: special characters are not allowed (U+0000)",
+    ),
+    (
+        ["train", "--recipe", "{root}/utf16.yaml", "--out", "{root}/new"],
+        "utf16.yaml: not UTF-8 text (byte 0xff at offset 0)",
+    ),
+    (
+        ["train", "--recipe", "{root}/nonempty", "--out", "{root}/new"],
+        "nonempty: is a directory; give a YAML file",
+    ),
+    # numbers in exponent form are numbers (YAML 1.1 alone reads 1e-4 as a string)
+    (R + ["--set", "train.lr=-1e-4"], "train.lr: must be in (0, inf], got -0.0001"),
+    (R + ["--set", "train.lr=1e400"], "train.lr: expected a finite number, got inf"),
+    (R + ["--set", "data.batch_size=1e3"], "data.batch_size: expected an integer, got 1000.0"),
+    # structure parameters are ASCII digits
+    (R + ["--set", "sparsity.structure=nm:２:４"], "structure 'nm:２:４': expected nm:N:M"),
+    (R + ["--set", "sparsity.structure=combined:０.３"], "expected combined or combined:SPLIT"),
+    # a target the structure cannot reach
+    (
+        R
+        + ["--set", "sparsity.method=campfire", "--set", "sparsity.target=0.7"]
+        + ["--set", "sparsity.end=1", "--set", "sparsity.structure=nm:2:4"],
+        "sparsity.target: method 'campfire' with structure nm:2:4 reaches at most sparsity 0.5",
+    ),
+    (
+        R
+        + ["--set", "sparsity.method=campfire", "--set", "sparsity.target=0.5"]
+        + ["--set", "sparsity.end=1", "--set", "sparsity.structure=window"]
+        + ["--set", "sparsity.fallback=nm:3:4"],
+        "sparsity.target: method 'campfire' with fallback nm:3:4 reaches at most sparsity 0.25",
+    ),
+    (
+        R
+        + ["--set", "sparsity.method=campfire", "--set", "sparsity.target=0.5"]
+        + ["--set", "sparsity.end=1", "--set", "sparsity.overrides={{fc1: {{structure: nm:4:4}}}}"],
+        "sparsity.overrides.fc1.target: method 'campfire' with structure nm:4:4 reaches at most",
+    ),
+    # overrides that would change nothing, or contradict the layer's target
+    (
+        R
+        + ["--set", "sparsity.method=campfire", "--set", "sparsity.target=0.5"]
+        + ["--set", "sparsity.end=1", "--set", "sparsity.overrides={{fc: {{target: 0.3}}}}"],
+        "sparsity.overrides: pattern 'fc' matches only layers that are not pruned: fc (excluded",
+    ),
+    (
+        R
+        + ["--set", "sparsity.method=campfire", "--set", "sparsity.target=0.5"]
+        + ["--set", "sparsity.end=1", "--set", "sparsity.overrides={{fc1: {{initial: 0.9}}}}"],
+        "sparsity.overrides.fc1.initial: must be in [0, 0.5] (the target of layer 'fc1'), got 0.9",
+    ),
     # --set syntax
     (R + ["--set", "train.lr"], "expected key.sub=value"),
     (R + ["--set", "=3"], "expected key.sub=value"),
@@ -258,6 +312,22 @@ CASES = [
     (["analyze", "--run", "{root}/run", "--attacks", "cw"], "unknown attack 'cw'"),
     (["analyze", "--run", "{root}/run", "--epsilons", "2"], "expected numbers in [0, 1]"),
     (["report", "{root}/missing"], "has no summary.json"),
+    (
+        ["analyze", "--run", "{root}/run", "--attacks", "pgd", "--pgd-steps", "1000000000"],
+        "--pgd-steps: must be an integer in [1, 10000], got 1000000000",
+    ),
+    # an empty path would mean the current directory
+    (
+        ["train", "--recipe", "", "--out", "{root}/new"],
+        "argument --recipe: expected a path, got ''",
+    ),
+    (["train", "--recipe", "{root}/tiny.yaml", "--out", " "], "argument --out: expected a path"),
+    (R + ["--init", ""], "argument --init: expected a path, got ''"),
+    (["eval", "--run", ""], "argument --run: expected a path, got ''"),
+    (["analyze", "--run", "{root}/run", "--out", ""], "argument --out: expected a path"),
+    (["report", "{root}/run", "--out", ""], "argument --out: expected a path, got ''"),
+    (["export", "--run", "{root}/run", "--out", ""], "argument --out: expected a path, got ''"),
+    (["sweep", "--recipe", "{root}/tiny.yaml", "--out", ""], "argument --out: expected a path"),
     # data directories and files
     (
         R

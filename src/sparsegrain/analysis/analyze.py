@@ -55,7 +55,7 @@ class AnalyzeOptions:
         weights, so a wider one never shortens a code)."""
         _int_flag("--value-bits", self.value_bits, 1, 64)
         _int_flag("--index-bits", self.index_bits, 1, 32)
-        _int_flag("--pgd-steps", self.pgd_steps, 1, None)
+        _int_flag("--pgd-steps", self.pgd_steps, 1, MAX_PGD_STEPS)
         if self.max_batches is not None:
             _int_flag("--max-batches", self.max_batches, 1, None)
         for a in self.attacks:
@@ -74,6 +74,8 @@ class AnalyzeOptions:
 
 
 ATTACKS = ("fgsm", "pgd")
+# PGD iterations: each is a backward pass per test batch; papers use 7 to 100.
+MAX_PGD_STEPS = 10_000
 
 
 def _int_flag(flag: str, value, lo: int, hi: int | None) -> None:

@@ -18,6 +18,14 @@ from . import commands
 EPILOG = "Recipes: see recipes/ and README.md. Every key can be changed with --set key.sub=value."
 
 
+def _path(text: str) -> str:
+    """A file or directory flag: an empty one (``--out ""``, an unset shell variable) would
+    mean the current directory, so it is refused."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a path, got {text!r}")
+    return text
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage mistake as one line (exit 2) instead of the usage dump."""
 
@@ -40,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a recipe. Writes DIR/summary.json, metrics.jsonl, "
         "recipe.yaml (resolved), model.safetensors and masks.safetensors.",
     )
-    t.add_argument("--recipe", metavar="FILE", help="YAML recipe (see recipes/)")
-    t.add_argument("--out", metavar="DIR", required=True, help="run directory to write")
+    t.add_argument("--recipe", type=_path, metavar="FILE", help="YAML recipe (see recipes/)")
+    t.add_argument("--out", type=_path, metavar="DIR", required=True, help="run directory to write")
     t.add_argument(
         "--set",
         metavar="KEY=VALUE",
@@ -55,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace a previous run in DIR")
     t.add_argument(
         "--init",
+        type=_path,
         metavar="RUN_DIR|FILE",
         help="start from trained weights (a run "
         "directory or a .safetensors file); needed by oneshot",
@@ -66,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate a finished run on its test set",
         description="Evaluate DIR/model.safetensors on the run's test data.",
     )
-    e.add_argument("--run", metavar="DIR", required=True, help="run directory")
+    e.add_argument("--run", type=_path, metavar="DIR", required=True, help="run directory")
     e.add_argument("--json", action="store_true", help="print JSON")
     e.set_defaults(func=commands.evaluate_run)
 
@@ -79,15 +88,22 @@ def build_parser() -> argparse.ArgumentParser:
         "per-layer sensitivity. Writes analysis.json.",
     )
     src = a.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", metavar="DIR", help="run directory (structures from its summary)")
-    src.add_argument("--weights", metavar="FILE", help="a model.safetensors file")
-    a.add_argument("--recipe", metavar="FILE", help="with --weights: the recipe of the model/data")
+    src.add_argument(
+        "--run", type=_path, metavar="DIR", help="run directory (structures from its summary)"
+    )
+    src.add_argument("--weights", type=_path, metavar="FILE", help="a model.safetensors file")
+    a.add_argument(
+        "--recipe", type=_path, metavar="FILE", help="with --weights: the recipe of the model/data"
+    )
     a.add_argument(
         "--structure",
         help="with --weights: structure of the layers that hold zeros (default fine)",
     )
     a.add_argument(
-        "--out", metavar="FILE", help="where to write (default: RUN/analysis.json, FILE.json)"
+        "--out",
+        type=_path,
+        metavar="FILE",
+        help="where to write (default: RUN/analysis.json, FILE.json)",
     )
     a.add_argument(
         "--force", action="store_true", help="write --out even over a file of a run or an input"
@@ -102,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--epsilons", default="0,0.01,0.02,0.05", help="L-inf radii in pixel units")
     a.add_argument("--pgd-steps", type=int, default=10, help="PGD iterations, >= 1 (10)")
-    a.add_argument("--baseline", metavar="RUN_DIR", help="dense run to attack side by side")
+    a.add_argument(
+        "--baseline", type=_path, metavar="RUN_DIR", help="dense run to attack side by side"
+    )
     a.add_argument(
         "--sensitivity",
         action="store_true",
@@ -121,8 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
         "OUT/sweep.json). A stopped sweep continues when the same command is given again "
         "(with any --jobs): finished points are reused, interrupted ones resumed.",
     )
-    sw.add_argument("--recipe", metavar="FILE", required=True, help="base recipe")
-    sw.add_argument("--out", metavar="DIR", required=True, help="directory of the runs")
+    sw.add_argument("--recipe", type=_path, metavar="FILE", required=True, help="base recipe")
+    sw.add_argument("--out", type=_path, metavar="DIR", required=True, help="directory of the runs")
     sw.add_argument("--methods", default="campfire", help="comma list (dense adds a baseline)")
     sw.add_argument("--structures", default="fine", help="comma list, e.g. fine,window,nm:2:4")
     sw.add_argument("--targets", default="0.5,0.7,0.9", help="comma list of sparsities")
@@ -143,8 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
         "ratio and memory references when analysis.json exists, per-layer "
         "sparsity, mask pictures) and report.md linking them.",
     )
-    rp.add_argument("runs", nargs="+", metavar="DIR", help="run directories")
-    rp.add_argument("--out", metavar="DIR", default="report", help="output directory (report)")
+    rp.add_argument("runs", type=_path, nargs="+", metavar="DIR", help="run directories")
+    rp.add_argument(
+        "--out", type=_path, metavar="DIR", default="report", help="output directory (report)"
+    )
     rp.set_defaults(func=commands.report)
 
     ex = sub.add_parser(
@@ -154,8 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
         "channels removed where exact), and check the written file against the masked "
         "model's outputs on test images (max abs difference printed).",
     )
-    ex.add_argument("--run", metavar="DIR", required=True, help="run directory")
-    ex.add_argument("--out", metavar="PATH", required=True, help="file to write")
+    ex.add_argument("--run", type=_path, metavar="DIR", required=True, help="run directory")
+    ex.add_argument("--out", type=_path, metavar="PATH", required=True, help="file to write")
     ex.add_argument(
         "--force", action="store_true", help="write --out even over a file of a run or an input"
     )

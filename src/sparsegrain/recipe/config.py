@@ -251,6 +251,36 @@ class SparsityConfig:
                 "(the epoch the target is reached)"
             )
         self.overrides = {p: _override(p, keys) for p, keys in self.overrides.items()}
+        if getattr(method, "prunes", True):
+            self.check_reachable()
+
+    def check_reachable(self) -> None:
+        """Refuse a target above the sparsity a structure can reach (``nm:2:4`` keeps 2 of every
+        4: at most 0.5), for the section's structure and fallback and for every override with
+        what it inherits from the section; such a layer would stop at the structure's
+        sparsity, below the target asked for."""
+        pairs = [("sparsity", self.structure, self.fallback, self.target)]
+        for pattern, over in self.overrides.items():
+            pairs.append(
+                (
+                    f"sparsity.overrides.{pattern}",
+                    over.get("structure", self.structure),
+                    over.get("fallback", self.fallback),
+                    over.get("target", self.target),
+                )
+            )
+        for where, structure, fallback, target in pairs:
+            specs = [("structure", structure)]
+            if fallback not in ("error", "dense"):
+                specs.append(("fallback", fallback))
+            for key, spec in specs:
+                fixed = parse_structure(spec).fixed_sparsity
+                if fixed is not None and target > fixed + 1e-9:
+                    raise ConfigError(
+                        f"{where}.target: method '{self.method}' with {key} "
+                        f"{parse_structure(spec).spec} reaches at most sparsity {fixed:g}, got "
+                        f"target {target:g}; allowed: a target up to {fixed:g}"
+                    )
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,15 @@ class RecipeLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+# YAML 1.1 reads a float only with a dot (``1.0e-4``); ``1e-4``, ``5E3`` and ``-2e+1`` would be
+# strings and fail as "expected a number, got '1e-4'". They are floats in a recipe (YAML 1.2).
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
+
+
 def load_yaml(text: str, what: str) -> Any:
     """Parse YAML text with ``RecipeLoader``; any failure is a one-line ConfigError starting with
     ``what`` (``recipe FILE``, ``--set 'key=value'``)."""
@@ -120,6 +130,12 @@ def load_yaml(text: str, what: str) -> Any:
 def _one_line(e: yaml.YAMLError, what: str) -> ConfigError:
     mark = getattr(e, "problem_mark", None)
     problem = getattr(e, "problem", None) or "invalid YAML"
+    if isinstance(e, yaml.reader.ReaderError):  # a character YAML does not allow; no mark
+        char = e.character if isinstance(e.character, str) else chr(e.character)
+        return ConfigError(
+            f"{what}: invalid YAML at character {e.position}: {e.reason} "
+            f"(U+{ord(char):04X}); a recipe is printable text"
+        )
     if isinstance(e, _Refused):  # "recipe r.yaml: line 4, column 3: duplicate key 'lr' (...)"
         return ConfigError(f"{what}: line {mark.line + 1}, column {mark.column + 1}: {problem}")
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -139,8 +155,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"recipe file not found: {path}") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read recipe {path}: {type(e).__name__}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"cannot read recipe {path}: is a directory; give a YAML file") from None
+    except PermissionError:
+        raise ConfigError(f"cannot read recipe {path}: permission denied") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"cannot read recipe {path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at "
+            f"offset {e.start}); a recipe is a YAML text file"
+        ) from None
     data = load_yaml(text, f"recipe {path}")
     if data is not None and not isinstance(data, dict):
         raise ConfigError(

@@ -128,7 +128,9 @@ def select_layers(model: nn.Module, cfg: SparsityConfig, *, prunes: bool = True)
 
     Patterns are shell-style globs on module names (``layer1.*``, ``*.conv2``); overrides apply in
     the order written, later ones winning. A pattern (of ``include``, ``exclude`` or
-    ``overrides``) that matches no candidate layer is refused: it is a typo or another model's.
+    ``overrides``) that matches no candidate layer is refused: it is a typo or another model's;
+    so is an override that matches only layers left out by ``include``/``exclude`` (it would
+    change nothing), and an override ``initial`` above the target of a layer it applies to.
     ``prunes=False`` (a method that prunes nothing, the dense baseline): every layer is left
     dense, with the note "dense run" where it was selected.
     """
@@ -153,6 +155,7 @@ def select_layers(model: nn.Module, cfg: SparsityConfig, *, prunes: bool = True)
                     f"(conv, linear): {', '.join(every) or 'none'}"
                 )
     layers = []
+    selected: set[str] = set()  # the override patterns that match a layer that is pruned
     for name, module in candidates:
         skip = ""
         if cfg.include and not _matches(name, cfg.include):
@@ -166,6 +169,7 @@ def select_layers(model: nn.Module, cfg: SparsityConfig, *, prunes: bool = True)
         if skip or not prunes:
             layers.append(Layer(name, module, None, 0.0, 0.0, cfg.score, skip or "dense run"))
             continue
+        applied = [p for p in cfg.overrides if fnmatch.fnmatchcase(name, p)]
         keys = {
             "target": cfg.target,
             "initial": cfg.initial,
@@ -173,9 +177,15 @@ def select_layers(model: nn.Module, cfg: SparsityConfig, *, prunes: bool = True)
             "score": cfg.score,
             "fallback": cfg.fallback,
         }
-        for pattern, over in cfg.overrides.items():
-            if fnmatch.fnmatchcase(name, pattern):
-                keys.update(over)
+        for pattern in applied:
+            keys.update(cfg.overrides[pattern])
+        given = [p for p in applied if "initial" in cfg.overrides[p]]
+        if given and keys["initial"] > keys["target"]:
+            raise ConfigError(
+                f"sparsity.overrides.{given[-1]}.initial: must be in [0, {keys['target']:g}] "
+                f"(the target of layer '{name}'), got {keys['initial']:g}"
+            )
+        selected.update(applied)
         shape = tuple(module.weight.shape)
         if keys["target"] == 0:
             structure, note = None, "left dense: target 0"
@@ -192,6 +202,15 @@ def select_layers(model: nn.Module, cfg: SparsityConfig, *, prunes: bool = True)
                 note,
             )
         )
+    for pattern in cfg.overrides:
+        if prunes and pattern not in selected:
+            left = [f"{layer.name} ({layer.note})" for layer in layers
+                    if fnmatch.fnmatchcase(layer.name, pattern)]  # fmt: skip
+            raise ConfigError(
+                f"sparsity.overrides: pattern '{pattern}' matches only layers that are not "
+                f"pruned: {', '.join(left)}; change sparsity.include/exclude to prune them, or "
+                "drop the override"
+            )
     if prunes and all(layer.structure is None for layer in layers) and cfg.target > 0:
         raise ConfigError(
             "sparsity: no layer selected to prune (include/exclude/types leave nothing); "

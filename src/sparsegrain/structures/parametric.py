@@ -19,8 +19,9 @@ _COMBINED_FORM = "combined or combined:SPLIT with 0 <= SPLIT <= 1 (e.g. combined
 
 
 def _int(text: str) -> int | None:
+    """A parameter of ASCII digits as an int (``int`` alone also reads other scripts' digits)."""
     text = text.strip()
-    return int(text) if text.isdigit() else None
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 def _as_ints(obj: object, *fields: str) -> bool:
@@ -196,7 +197,8 @@ class Combined(Structure):
         if not params:
             return cls()
         try:
-            split = float(params[0]) if len(params) == 1 else math.nan
+            text = params[0] if len(params) == 1 else ""
+            split = float(text) if text.isascii() and "_" not in text else math.nan
         except ValueError:
             split = math.nan
         if not 0.0 <= split <= 1.0:
