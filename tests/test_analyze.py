@@ -217,3 +217,21 @@ def test_sweep_grid_points_and_a_tiny_sweep(runs, tmp_path, capsys):
     results = json.loads((out / "sweep.json").read_text())
     assert [results[k]["structure"] for k in results] == ["fine", "filter"]
     assert all(r["sparsity"] == 0.5 for r in results.values())
+
+
+def test_a_baseline_on_other_test_data_is_refused_before_any_evaluation(runs, tmp_path, capsys):
+    path = tmp_path / "other.yaml"
+    path.write_text(yaml.safe_dump(RECIPE))
+    other = tmp_path / "other"
+    sets = ["--set", "sparsity.method=dense", "--set", "data.image_size=10"]
+    assert train_cli("--recipe", path, "--out", other, *sets) == 0
+    before = sorted(p.name for p in (runs / "sparse").iterdir())
+    capsys.readouterr()
+    args = ["analyze", "--run", runs / "sparse", "--attacks", "fgsm", "--baseline", other]
+    assert cli.main([str(a) for a in args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"sparsegrain: error: --baseline {other}: its test data differs from the analyzed run's "
+        "(data.image_size: 10 against 12); a baseline is the same data trained dense"
+    ]
+    assert sorted(p.name for p in (runs / "sparse").iterdir()) == before  # no analysis.json

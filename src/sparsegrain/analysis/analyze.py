@@ -8,6 +8,7 @@ reconstruction) and, when asked, adversarial robustness and per-layer sensitivit
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -93,6 +94,25 @@ class Subject:
     recipe: Recipe
     model: nn.Module
     structures: dict[str, str | None]
+
+
+# Data keys that do not change the test set a model is measured on (loader settings, and what
+# only the training split sees).
+LOADER_KEYS = ("batch_size", "test_batch_size", "train_subset", "augment", "num_workers")
+
+
+def check_baseline(subject: Subject, baseline: Subject) -> None:
+    """Refuse a ``--baseline`` measured on other test data than the run: robustness side by side
+    means the same test images, the same classes and the same input shape."""
+    a, b = dataclasses.asdict(subject.recipe.data), dataclasses.asdict(baseline.recipe.data)
+    differ = [k for k in a if k not in LOADER_KEYS and a[k] != b.get(k)]
+    if differ:
+        k = differ[0]
+        raise ConfigError(
+            f"--baseline {baseline.name}: its test data differs from the analyzed run's "
+            f"(data.{k}: {b.get(k)!r} against {a[k]!r}); a baseline is the same data trained "
+            "dense"
+        )
 
 
 def load_subject(

@@ -70,7 +70,7 @@ def evaluate_run(args) -> int:
 
 
 def analyze(args) -> int:
-    from ..analysis.analyze import AnalyzeOptions, load_subject, output_path, write
+    from ..analysis.analyze import AnalyzeOptions, check_baseline, load_subject, output_path, write
     from ..analysis.analyze import analyze as run_analysis
 
     if args.run is not None:
@@ -103,6 +103,8 @@ def analyze(args) -> int:
     )
     subject = load_subject(args.run, args.weights, args.recipe, args.structure or "fine")
     baseline = load_subject(args.baseline, flag="--baseline") if args.baseline else None
+    if baseline is not None:
+        check_baseline(subject, baseline)
     result, text = run_analysis(subject, opts, baseline)
     write(result, out)
     print(text)
