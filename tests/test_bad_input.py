@@ -215,6 +215,14 @@ CASES = [
         + ["--set", "sparsity.end=1", "--set", "sparsity.exclude=[fc1, 'conv*']"],
         "sparsity.exclude: pattern 'conv*' matches no layer; candidates (conv, linear): fc1, fc",
     ),
+    (
+        R + ["--set", "sparsity.method=feather", "--set", "sparsity.structure=kernel"],
+        "sparsity.structure: method 'feather' supports 'fine' only; got 'kernel'",
+    ),
+    (
+        R + ["--set", "sparsity.method=torch-prune", "--set", "sparsity.fallback=block:1x4"],
+        "sparsity.fallback: method 'torch-prune' supports 'fine' only; got 'block:1x4'",
+    ),
     # YAML a recipe never needs
     (
         ["train", "--recipe", "{root}/empty.yaml", "--out", "{root}/new"],

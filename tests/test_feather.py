@@ -15,6 +15,7 @@ from sparsegrain.core.quantile import exact_quantile, quantile_rank, select_orde
 from sparsegrain.core.schedules import cubic_sparsity
 from sparsegrain.methods.feather import default_theta, feather_threshold
 from sparsegrain.sparsity import masking
+from sparsegrain.structures import parse_structure
 
 
 def convnet():
@@ -191,8 +192,20 @@ def test_ramp_keys():
 def test_other_structures_are_refused(structure):
     cfg = feather(0.5, structure=structure, types=["conv"])
     model = nn.Sequential(nn.Conv2d(4, 8, 3), nn.Conv2d(8, 8, 3))
-    with pytest.raises(ConfigError, match="method 'feather' supports 'fine' only.*layer '0'"):
+    expected = f"sparsity.structure: method 'feather' supports 'fine' only; got '{structure}'"
+    with pytest.raises(ConfigError) as e:
         sparsegrain.sparsify_(model, cfg, steps_per_epoch=2, epochs=2)
+    assert str(e.value) == expected  # refused when the recipe is read, before any layer
+
+
+def test_a_structure_reaching_a_layer_another_way_is_refused_naming_the_layer():
+    """A fallback structure is known only per layer: the attach-time check names the layer."""
+    cfg = feather(0.5, structure="fine", types=["conv"])
+    model = nn.Sequential(nn.Conv2d(4, 8, 3), nn.Conv2d(8, 8, 3))
+    sp = sparsegrain.sparsify_(model, cfg, steps_per_epoch=2, epochs=2)
+    sp.pruned[0].structure = parse_structure("kernel")
+    with pytest.raises(ConfigError, match="method 'feather' supports 'fine' only.*layer '0'"):
+        sp.method.attach()
 
 
 # -- end to end --------------------------------------------------------------------------------

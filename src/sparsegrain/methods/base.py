@@ -38,7 +38,8 @@ Hooks (all optional): ``attach`` (once, from ``sparsify_``), ``penalty`` (added 
 parametrizations are baked in), ``state_dict``/``load_state_dict`` (resume), ``lr_clock``
 (phases the LR schedule restarts in), ``metrics`` (extra per-epoch metrics) and
 ``summary_extra`` (extra keys of ``summary.json``). Class attributes describe the method to the
-recipe validation (``default_scope``, ``default_score``, ``needs_end``, ``regrows``, ``couples``),
+recipe validation (``default_scope``, ``default_score``, ``structures``, ``scopes``, ``needs_end``,
+``regrows``, ``couples``),
 the handle (``prunes``, ``uses_clock``), the trainer (``needs_init``, ``freezes_mask``) and the
 reports (``ranks_by_score``, ``tool``, ``table_label``).
 """
@@ -123,6 +124,8 @@ class Method:
     couples = True  # honours sparsity.couple (masks from ``prune_to`` or ``masks_for``)
     ranks_by_score = False  # its masks keep the groups of highest sparsity.score (in summary.json)
     tool = ""  # the outside code that chooses its masks (PyTorch's pruning tools), in summary.json
+    structures: tuple[str, ...] | None = None  # the structure names it can prune with; None: all
+    scopes: tuple[str, ...] = ("layer", "global")  # the sparsity.scope values it takes
 
     @dataclass
     class Params:

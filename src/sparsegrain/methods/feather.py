@@ -124,6 +124,7 @@ class Feather(Method):
     name = "feather"
     default_scope = "global"
     regrows = True
+    structures = ("fine",)  # one threshold on |w|
     couples = False  # one threshold on |w| over all layers, never a filter mask
 
     @dataclass

@@ -222,6 +222,29 @@ class SparsityConfig:
         merged = {**self.params, **extras}
         return dataclasses.asdict(from_dict(method.Params, merged, "sparsity"))
 
+    def check_method_takes(self, method) -> None:
+        """Refuse, when the recipe is read (before a sweep trains anything), a scope or a
+        structure the method has no selection for: the section's ``structure``, a ``fallback``
+        structure and every override's. (Layers it reaches otherwise are checked at attach.)"""
+        name = f"method '{self.method}'"
+        if self.scope not in method.scopes:
+            raise ConfigError(
+                f"sparsity.scope: {name} takes {' or '.join(method.scopes)}; got '{self.scope}'"
+            )
+        if method.structures is None or not getattr(method, "prunes", True):
+            return
+        specs = [("sparsity.structure", self.structure)]
+        if self.fallback not in ("error", "dense"):
+            specs.append(("sparsity.fallback", self.fallback))
+        for pattern, keys in self.overrides.items():
+            for key in ("structure", "fallback"):
+                if keys.get(key) not in (None, "error", "dense"):
+                    specs.append((f"sparsity.overrides.{pattern}.{key}", keys[key]))
+        for where, spec in specs:
+            if parse_structure(spec).name not in method.structures:
+                allowed = ", ".join(f"'{s}'" for s in method.structures)
+                raise ConfigError(f"{where}: {name} supports {allowed} only; got '{spec}'")
+
     def validate_common(self, method) -> None:
         s = "sparsity"
         _structure(self.structure, "sparsity.structure")
@@ -251,6 +274,7 @@ class SparsityConfig:
                 "(the epoch the target is reached)"
             )
         self.overrides = {p: _override(p, keys) for p, keys in self.overrides.items()}
+        self.check_method_takes(method)
         if getattr(method, "prunes", True):
             self.check_reachable()
 
