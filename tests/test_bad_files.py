@@ -147,6 +147,68 @@ def env(tmp_path_factory):
     edit_checkpoint(
         run, root / "ck_mask", tensors=lambda t: {**t, "sparsity.masks/fc1": torch.ones(3, 3) > 0}
     )
+    # checkpoint tensors that do not fit the optimizer or the sparsity state they restore
+    edit_checkpoint(
+        run,
+        root / "ck_momentum",
+        tensors=lambda t: {**t, "optim.0.momentum_buffer": torch.zeros(1)},
+    )
+    edit_checkpoint(
+        run,
+        root / "ck_optidx",
+        tensors=lambda t: {**t, "optim.999.momentum_buffer": torch.zeros(1)},
+    )
+    edit_checkpoint(
+        run,
+        root / "ck_floatmask",
+        tensors=lambda t: {
+            k: v.float() * 3 if k.startswith("sparsity.masks") else v for k, v in t.items()
+        },
+    )
+    edit_checkpoint(
+        run,
+        root / "ck_nan",
+        tensors=lambda t: {**t, "model.fc1.bias": t["model.fc1.bias"] * float("nan")},
+    )
+    edit_checkpoint(
+        run,
+        root / "ck_infmom",
+        tensors=lambda t: {
+            k: v * float("inf") if k.startswith("optim.") else v for k, v in t.items()
+        },
+    )
+    edit_checkpoint(
+        run, root / "ck_steps", meta=lambda m: {**m, "sparsity": {**m["sparsity"], "steps": -5}}
+    )
+    edit_checkpoint(run, root / "ck_history", meta=lambda m: {**m, "history": [{"x": 1}]})
+    edit_checkpoint(
+        run,
+        root / "ck_pgmom",
+        meta=lambda m: {
+            **m,
+            "optim": {
+                **m["optim"],
+                "param_groups": [{**g, "momentum": 0.5} for g in m["optim"]["param_groups"]],
+            },
+        },
+    )
+    edit_checkpoint(
+        run, root / "ck_pgidx", meta=lambda m: {**m, "optim": {**m["optim"], "scalars": {"99": {}}}}
+    )
+    # weights with nan, summary numbers out of a float's range, keys of the wrong type
+    nan = copy_run(run, root / "nanweights")
+    w, wm = load_tensors(nan / "model.safetensors")
+    save_tensors(nan / "model.safetensors", {k: v * float("nan") for k, v in w.items()}, wm)
+    copy_run(
+        run,
+        root / "bigtop1",
+        summary_json=json.dumps(summary)[:-1] + ', "top1": 1' + "0" * 400 + "}",
+    )
+    copy_run(run, root / "scopeint", summary_json=json.dumps({**summary, "scope": 5}))
+    rows = [{**r, "structure": "block:5x5"} for r in summary["layers"]]
+    copy_run(run, root / "nofit", summary_json=json.dumps({**summary, "layers": rows}))
+    rows = [{**r, "structure": "windw"} for r in summary["layers"]]
+    copy_run(run, root / "unkstruct", summary_json=json.dumps({**summary, "layers": rows}))
     # a run stopped after epoch 1 of 2
     with pytest.MonkeyPatch.context() as mp:
         real = runfiles.save_checkpoint
@@ -235,15 +297,64 @@ CASES = [
     (["train", "--out", "{root}/ck_optim", "--resume"], "'optim.param_groups' is missing"),
     (["train", "--out", "{root}/ck_notobj", "--resume"], "corrupt metadata (not a JSON object)"),
     (["train", "--out", "{root}/ck_norng", "--resume"], "no tensor 'rng.torch'"),
-    (  # a message of several lines reaches the user as one
+    (
         ["train", "--out", "{root}/ck_mask", "--resume"],
-        "ck_mask/checkpoint.safetensors: mask of 'fc1': expected [32, 64]; got [3, 3]",
+        "ck_mask/checkpoint.safetensors: tensor 'sparsity.masks/fc1' is torch.bool [3, 3], "
+        "this run's is torch.bool [32, 64]",
+    ),
+    (
+        ["train", "--out", "{root}/ck_momentum", "--resume"],
+        "'optim.0.momentum_buffer' is torch.float32 [1], its parameter is",
+    ),
+    (
+        ["train", "--out", "{root}/ck_optidx", "--resume"],
+        "'optim.999.momentum_buffer' names no parameter",
+    ),
+    (
+        ["train", "--out", "{root}/ck_floatmask", "--resume"],
+        "is torch.float32 [10, 32], this run's is torch.bool",
+    ),
+    (["train", "--out", "{root}/ck_nan", "--resume"], "'fc1.bias' holds nan or inf"),
+    (["train", "--out", "{root}/ck_infmom", "--resume"], "holds nan or inf"),
+    (["train", "--out", "{root}/ck_steps", "--resume"], "'sparsity.steps' is -5"),
+    (["train", "--out", "{root}/ck_history", "--resume"], "'history[0]' must be epoch 1's metrics"),
+    (["train", "--out", "{root}/ck_pgmom", "--resume"], "'optim.param_groups[0].momentum' is 0.5"),
+    (["train", "--out", "{root}/ck_pgidx", "--resume"], "'optim.scalars' names parameter '99'"),
+    # weights that hold nan, by every command that reads them
+    (["eval", "--run", "{root}/nanweights"], "holds nan or inf; the weights are corrupt"),
+    (["analyze", "--run", "{root}/nanweights"], "holds nan or inf"),
+    (
+        ["export", "--run", "{root}/nanweights", "--out", "{root}/x.st", "--compact"],
+        "holds nan or inf",
+    ),
+    (T + ["{root}/new", "--init", "{root}/nanweights"], "holds nan or inf"),
+    # summary.json read back, by every command that reads them
+    (
+        ["report", "{root}/bigtop1", "--out", "{root}/rep"],
+        "'top1' must be a finite number, got int",
+    ),
+    (["report", "{root}/scopeint", "--out", "{root}/rep"], "'scope' must be a string, got int"),
+    (["analyze", "--run", "{root}/nofit"], "'layers[0].structure': block:5x5 does not fit"),
+    (
+        ["export", "--run", "{root}/nofit", "--out", "{root}/x.sgc", "--format", "compressed"],
+        "does not fit the layer's shape",
+    ),
+    (["analyze", "--run", "{root}/unkstruct"], "'layers[0].structure': unknown structure 'windw'"),
+    # a run's lock file and its not yet started new run are never an output
+    (E + ["{root}/run/.sparsegrain-new/x.safetensors"], "belongs to the run in {root}/run"),
+    (E + ["{root}/run/.sparsegrain.lock", "--force"], "belongs to the run in {root}/run"),
+    (
+        ["report", "{root}/run", "--out", "{root}/run/.sparsegrain-new"],
+        "its next writer removes it",
     ),
     # summary.json and analysis.json read back, by every command that reads them
     (["report", "{root}/trsum", "--out", "{root}/rep"], "trsum/summary.json: truncated"),
     (["report", "{root}/listsum", "--out", "{root}/rep"], "expected a JSON object, got list"),
     (["report", "{root}/nokey", "--out", "{root}/rep"], "nokey/summary.json: no key 'top1'"),
-    (["report", "{root}/notop1", "--out", "{root}/rep"], "'top1' must be a number, got NoneType"),
+    (
+        ["report", "{root}/notop1", "--out", "{root}/rep"],
+        "'top1' must be a finite number, got NoneType",
+    ),
     (["report", "{root}/nostruct", "--out", "{root}/rep"], "no key 'layers[0].achieved'"),
     (["report", "{root}/badanalysis", "--out", "{root}/rep"], "analysis.json: truncated"),
     (["report", "{root}/thinanalysis", "--out", "{root}/rep"], "no key 'accelerator.total.weight'"),
@@ -262,7 +373,10 @@ CASES = [
     ),  # fmt: skip
     (["export", "--run", "{root}/noweights", "--out", "{root}/x"], "no model.safetensors"),
     # analyze: every flag checked before any evaluation, named as given
-    (A + ["--pgd-steps", "0", "--attacks", "pgd"], "--pgd-steps: must be an integer >= 1, got 0"),
+    (
+        A + ["--pgd-steps", "0", "--attacks", "pgd"],
+        "--pgd-steps: must be an integer in [1, 10000], got 0",
+    ),
     (A + ["--attacks", "fgsm", "--epsilons", "nan"], "--epsilons: expected numbers in [0, 1]"),
     (A + ["--attacks", "fgsm", "--epsilons", ","], "--epsilons: give at least one value"),
     (A + ["--max-batches", "0", "--sensitivity"], "--max-batches: must be an integer >= 1"),

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -295,3 +296,25 @@ def test_a_signal_while_the_start_is_written_waits_for_it_then_resume_continues(
     monkeypatch.undo()
     assert train_cli("--out", out, "--resume") == 0
     assert_same_files(tmp_path / "ref", out)
+
+
+def test_sigterm_stops_a_sweep_and_its_points(monkeypatch):
+    """A sweep given SIGTERM stops its running points as Ctrl-C does (none is orphaned) and
+    exits 143 with the sweep's own line."""
+    import signal as _signal
+
+    from sparsegrain.train import sweep as sw
+
+    stopped = []
+    monkeypatch.setattr(sw, "check_points", lambda *a: None)
+    monkeypatch.setattr(sw, "_stop_running", lambda: stopped.append(True))
+
+    def point(*args, **kwargs):
+        os.kill(os.getpid(), _signal.SIGTERM)
+        time.sleep(2)
+
+    monkeypatch.setattr(sw, "run_point", point)
+    with pytest.raises(KeyboardInterrupt) as e:
+        sw.sweep(Path("r.yaml"), Path("out"), [("p", [])])
+    assert e.value.status == 143 and stopped
+    assert _signal.getsignal(_signal.SIGTERM) is _signal.SIG_DFL

@@ -131,6 +131,7 @@ def load_checkpoint(out: Path, model: nn.Module, optimizer, sp) -> tuple[int, li
         # unmasked, and the run goes on as it started.
         sp.drop_norms("BN not masked: resumed from a checkpoint that did not mask BatchNorms")
     load_model_state(model, split_prefix(tensors, "model."), str(path))
+    _check_run_tensors(path, tensors, meta, optimizer, sp)
     parts = (
         ("sparsity", lambda: sp.load_state_dict(
             unflatten_state(split_prefix(tensors, "sparsity."), meta["sparsity"])
@@ -150,7 +151,80 @@ def load_checkpoint(out: Path, model: nn.Module, optimizer, sp) -> tuple[int, li
             raise ConfigError(
                 f"checkpoint {path}: '{key}' does not fit this run ({what})"
             ) from None
+    _check_steps(path, sp, epoch)
     return epoch, history, wall
+
+
+def _check_run_tensors(path: Path, tensors: dict, meta: dict, optimizer, sp) -> None:
+    """The optimizer and sparsity parts of a checkpoint fit the run before they are loaded:
+    every optimizer state entry names one of the run's parameters, its tensors have that
+    parameter's shape and dtype (or are 0-d, like a step count) and are finite, the saved
+    hyperparameters equal the recipe's (``lr`` excepted: the schedule sets it every step), and
+    every sparsity tensor the run has has the run's shape and dtype. ``load_state_dict`` of
+    either copies what it is given (a float mask of 3s, momentum of another shape), and the
+    run would fail or go wrong later."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    scalars = meta["optim"]["scalars"]
+    for key, st in scalars.items():
+        if not (key.isdigit() and int(key) < len(params)) or not isinstance(st, dict):
+            raise ConfigError(
+                f"checkpoint {path}: 'optim.scalars' names parameter {key!r}; this run has "
+                f"{len(params)} parameters"
+            )
+    for key, t in split_prefix(tensors, "optim.").items():
+        idx, _, name = key.partition(".")
+        if not (idx.isdigit() and int(idx) < len(params)) or not name:
+            raise ConfigError(
+                f"checkpoint {path}: tensor 'optim.{key}' names no parameter of this run "
+                f"({len(params)} parameters)"
+            )
+        p = params[int(idx)]
+        if t.ndim and (tuple(t.shape) != tuple(p.shape) or t.dtype != p.dtype):
+            raise ConfigError(
+                f"checkpoint {path}: tensor 'optim.{key}' is {t.dtype} {list(t.shape)}, its "
+                f"parameter is {p.dtype} {list(p.shape)}"
+            )
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ConfigError(f"checkpoint {path}: tensor 'optim.{key}' holds nan or inf")
+    groups = meta["optim"]["param_groups"]
+    for i, (saved, own) in enumerate(zip(groups, optimizer.param_groups)):
+        if not isinstance(saved, dict):
+            raise ConfigError(f"checkpoint {path}: 'optim.param_groups[{i}]' must be an object")
+        for k, v in own.items():
+            if k in ("params", "lr") or k not in saved:
+                continue
+            if saved[k] != v or type(saved[k]) is not type(v):
+                raise ConfigError(
+                    f"checkpoint {path}: 'optim.param_groups[{i}].{k}' is {saved[k]!r}, this "
+                    f"run's recipe gives {v!r}"
+                )
+        lr = saved.get("lr")
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 <= lr < float("inf"):
+            raise ConfigError(
+                f"checkpoint {path}: 'optim.param_groups[{i}].lr' must be a finite number "
+                f">= 0, got {lr!r}"
+            )
+    own_sp, _ = flatten_state(sp.state_dict())
+    for key, t in split_prefix(tensors, "sparsity.").items():
+        ref = own_sp.get(key)
+        if ref is not None and (tuple(t.shape) != tuple(ref.shape) or t.dtype != ref.dtype):
+            raise ConfigError(
+                f"checkpoint {path}: tensor 'sparsity.{key}' is {t.dtype} {list(t.shape)}, "
+                f"this run's is {ref.dtype} {list(ref.shape)}"
+            )
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ConfigError(f"checkpoint {path}: tensor 'sparsity.{key}' holds nan or inf")
+
+
+def _check_steps(path: Path, sp, epoch: int) -> None:
+    """The restored step count is one an ``epoch``-epoch run can have reached."""
+    steps, per_epoch = getattr(sp, "steps", 0), getattr(sp, "steps_per_epoch", None)
+    most = (epoch + 1) * per_epoch if isinstance(per_epoch, int) else None
+    if steps < 0 or (most is not None and steps > most):
+        raise ConfigError(
+            f"checkpoint {path}: 'sparsity.steps' is {steps}, a run at epoch {epoch} has made "
+            f"{epoch * per_epoch if most is not None else 'some'} steps"
+        )
 
 
 def _reason(e: BaseException) -> str:
@@ -184,10 +258,19 @@ def _check_meta(path: Path, meta: dict, epochs: float | None) -> tuple[int, list
             f"checkpoint {path}: 'history' must hold one object per epoch done ({epoch}), "
             f"got {len(history)} entries"
         )
+    for i, row in enumerate(history):
+        if row.get("epoch") != i + 1 or not all(_number(v) for v in row.values()):
+            raise ConfigError(
+                f"checkpoint {path}: 'history[{i}]' must be epoch {i + 1}'s metrics (numbers)"
+            )
     for key in ("param_groups", "scalars"):
         if not isinstance(meta["optim"].get(key), list if key == "param_groups" else dict):
             raise ConfigError(f"checkpoint {path}: 'optim.{key}' is missing or malformed")
     return epoch, list(history), wall
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -204,6 +287,8 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
                 f"{source}: '{k}' has shape {list(v.shape)}, the model expects "
                 f"{list(own[k].shape)}; wrong architecture or width?"
             )
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise ConfigError(f"{source}: '{k}' holds nan or inf; the weights are corrupt")
     model.load_state_dict(state)
 
 

@@ -19,10 +19,11 @@ from typing import Any
 
 from ..core.errors import ConfigError
 from ..core.io import check_writable
-from .rundir import LOCK, RUN_FILES, SUMMARY, is_run_dir
+from ..structures import parse_structure
+from .rundir import LOCK, RUN_FILES, STAGING, SUMMARY, is_run_dir
 
 NUMBER = "number"
-TYPES = {str: "a string", list: "a list", dict: "an object", NUMBER: "a number"}
+TYPES = {str: "a string", list: "a list", dict: "an object", NUMBER: "a finite number"}
 
 
 def read_json(path: str | Path, what: str = "file") -> Any:
@@ -62,8 +63,17 @@ def require(record: Any, key: str, kind: Any, path: Path, where: str = "") -> An
 
 def _is(value: Any, kind: Any) -> bool:
     if kind == NUMBER:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value)
     return isinstance(value, kind)
+
+
+def _finite(value: int | float) -> bool:
+    """A number a float holds and that is not nan or inf (JSON may say ``NaN``, ``1e999`` or
+    an integer of 400 digits)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 # What each reader of summary.json uses: top-level keys and keys of every ``layers`` row.
@@ -77,6 +87,8 @@ SUMMARY_KEYS = {
     "layers": list,
 }
 LAYER_KEYS = {"name": str, "structure": str, "target": NUMBER, "achieved": NUMBER}
+# Keys a reader uses when they are there (a dense run has no ``scope``): checked whenever present.
+OPTIONAL_KEYS = {"scope": str, "score": str}
 
 
 def read_summary(
@@ -95,6 +107,9 @@ def read_summary(
         raise ConfigError(f"{path}: expected a JSON object, got {type(record).__name__}")
     for key in keys:
         require(record, key, SUMMARY_KEYS[key], path)
+    for key, kind in OPTIONAL_KEYS.items():
+        if key in record:
+            require(record, key, kind, path)
     if layer_keys:
         layers = require(record, "layers", list, path)
         for i, row in enumerate(layers):
@@ -102,16 +117,40 @@ def read_summary(
                 raise ConfigError(f"{path}: 'layers[{i}]' must be an object")
             for key in layer_keys:
                 require(row, key, LAYER_KEYS[key], path, f"layers[{i}].")
-    for key in ("target", "sparsity", "top1", "wall_time"):
-        if key in keys and not math.isfinite(record[key]):
-            raise ConfigError(f"{path}: '{key}' must be a finite number, got {record[key]}")
     return record
 
 
 def layer_structures(run: str | Path, flag: str = "--run") -> dict[str, str | None]:
     """Layer name -> structure spec (``None``: left dense), from the run's ``summary.json``."""
+    path = Path(run) / SUMMARY
     rows = read_summary(run, layer_keys=("name", "structure"), flag=flag)["layers"]
-    return {r["name"]: (None if r["structure"] == "dense" else r["structure"]) for r in rows}
+    out: dict[str, str | None] = {}
+    for i, r in enumerate(rows):
+        spec = r["structure"]
+        if spec != "dense":
+            _check_structure(path, i, spec, r.get("shape"))
+        out[r["name"]] = None if spec == "dense" else spec
+    return out
+
+
+def _check_structure(path: Path, i: int, spec: str, shape: Any) -> None:
+    """``layers[i].structure`` names a structure, and one that fits the row's ``shape``."""
+    where = f"{path}: 'layers[{i}].structure'"
+    try:
+        st = parse_structure(spec)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    if shape is None:
+        return
+    if not (
+        isinstance(shape, list)
+        and 1 <= len(shape) <= 4
+        and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
+    ):
+        raise ConfigError(f"{path}: 'layers[{i}].shape' must be a list of 1 to 4 integers >= 1")
+    reason = st.fits(shape)
+    if reason is not None:
+        raise ConfigError(f"{where}: {spec} does not fit the layer's shape {shape} ({reason})")
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -135,6 +174,7 @@ def check_output(
     not yet) other than those it ``owns``. Returns ``path``."""
     p = Path(path)
     check_writable(p, kind=kind, flag=flag)
+    _not_run_internals(p, flag)
     if kind != "file" or force:
         return p
     for r in reads:
@@ -158,9 +198,23 @@ def check_output_dir(path: str | Path, *, flag: str = "--out", runs_inside: bool
     """An output directory: writable, and not a run directory itself (``runs_inside``: the
     command writes run directories under it)."""
     p = check_writable(path, kind="dir", flag=flag)
+    _not_run_internals(p, flag)
     if runs_inside and p.is_dir() and is_run_dir(p):
         raise ConfigError(
             f"{flag} {p}: is a run directory; the runs go in directories under {flag}: "
             "choose another directory"
         )
     return p
+
+
+def _not_run_internals(p: Path, flag: str) -> None:
+    """Refuse a path that is a run directory's lock file or lies in its not yet started new run
+    (``.sparsegrain-new/``): the next writer of the run removes both, and what was written
+    there with them. ``--force`` does not change that."""
+    real = Path(os.path.realpath(p))
+    for part in (real, *real.parents):
+        if part.name in (LOCK, STAGING):
+            raise ConfigError(
+                f"{flag} {p}: {part} belongs to the run in {part.parent} (its next writer "
+                "removes it); choose another path"
+            )

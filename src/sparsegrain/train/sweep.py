@@ -34,6 +34,7 @@ from ..runs.files import (
     recipe_differences,
 )
 from ..runs.records import check_output_dir, read_summary
+from .stops import Stops
 
 # What the sweep's table and sweep.json read of every point's summary.json.
 SUMMARY_KEYS = ("method", "structure", "target", "sparsity", "top1", "wall_time")
@@ -158,7 +159,9 @@ def sweep(
     results: dict[str, dict[str, Any]] = {}
     failures: list[str] = []
     pool = ThreadPoolExecutor(jobs)
+    stops = Stops(started=True)  # SIGTERM stops the points like Ctrl-C, never orphans them
     try:
+        stops.__enter__()
         futures = {
             pool.submit(run_point, recipe, out / name, sets, threads, log): name
             for name, sets in points
@@ -177,6 +180,8 @@ def sweep(
         pool.shutdown(wait=False, cancel_futures=True)
         _stop_running()
         raise
+    finally:
+        stops.__exit__()
     pool.shutdown()
     if failures:
         more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
