@@ -318,3 +318,23 @@ def test_sigterm_stops_a_sweep_and_its_points(monkeypatch):
         sw.sweep(Path("r.yaml"), Path("out"), [("p", [])])
     assert e.value.status == 143 and stopped
     assert _signal.getsignal(_signal.SIGTERM) is _signal.SIG_DFL
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_to_any_command_is_one_line_and_its_status(tmp_path, ref, sig):
+    """Outside a training run's own handlers (start-up, export, analyze) a signal still ends the
+    command with one line and 128 + the signal, never a traceback or a silent death."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    _, ref_dir = ref
+    cmd = [sys.executable, "-m", "sparsegrain", "export", "--run", str(ref_dir), "--out",
+           str(tmp_path / "m.sgc"), "--format", "compressed"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(0.3)  # inside start-up: the imports of torch and sparsegrain
+    proc.send_signal(sig)
+    status = proc.wait(timeout=60)
+    err = proc.stderr.read().decode().splitlines()
+    assert status == 128 + sig, err[-20:]
+    name = "interrupted" if sig == signal.SIGINT else "terminated (SIGTERM)"
+    assert err == [f"sparsegrain: {name}; run the same command again"]
+    assert not (tmp_path / "m.sgc").exists() and list(tmp_path.iterdir()) == []

@@ -10,7 +10,11 @@ the status the exception carries (128 + the signal; 130 for Ctrl-C).
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
+from pathlib import Path
 
 from ..core.errors import ConfigError, TrainingError
 from . import commands
@@ -228,36 +232,93 @@ def _os_error(e: OSError) -> str:
     return f"{path}: {reason}" if path is not None else reason
 
 
+def _stopped(args, signum: int) -> str:
+    """The line for a command a signal ends outside a training run's own handlers."""
+    what = (
+        "interrupted" if signum == signal.SIGINT else f"terminated ({signal.Signals(signum).name})"
+    )
+    command = getattr(args, "command", None)
+    if command == "train":
+        rundir = sys.modules.get("sparsegrain.runs.rundir")  # loaded once a run can have one
+        out = getattr(args, "out", None)
+        if rundir is not None and out is not None and rundir.has_checkpoint(Path(out)):
+            return f"{what}; resume with --resume"
+        return f"{what} before the first checkpoint; run the same command again"
+    if command == "sweep":
+        return f"{what}; run the same sweep command again to continue it"
+    return f"{what}; run the same command again"
+
+
+class _Signals:
+    """SIGINT and SIGTERM outside a training run's own handlers (start-up, export, analyze,
+    report): one line, the temporary files of writes in progress removed, and exit at once with
+    128 + the signal. Exiting rather than raising: an exception raised while ``import torch``
+    runs its C++ initialisers can abort the process (SIGABRT) instead of stopping it. A training
+    run and a sweep put their own handlers in place while they run (``train.stops``)."""
+
+    def __init__(self):
+        self.args = None
+        self.previous: dict[int, object] = {}
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self._stop)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def _stop(self, signum, frame) -> None:
+        io = sys.modules.get("sparsegrain.core.io")
+        if io is not None:
+            io.remove_pending()
+        print(f"sparsegrain: {_stopped(self.args, signum)}", file=sys.stderr, flush=True)
+        os._exit(128 + signum)
+
+
 def _interrupted(args, e: KeyboardInterrupt) -> str:
-    if str(e):
+    if str(e):  # a training run's stop says what stopped it and how to continue
         return str(e)
+    what = "interrupted"
+    if args is None:
+        return what
     if args.command == "train":
-        return "interrupted; resume with --resume"
+        from ..runs.files import has_checkpoint
+
+        out = getattr(args, "out", None)
+        if out is not None and has_checkpoint(Path(out)):
+            return f"{what}; resume with --resume"
+        return f"{what} before the first checkpoint; run the same command again"
     if args.command == "sweep":
         return (
-            "interrupted; run the same sweep command again to continue it: finished points are "
+            f"{what}; run the same sweep command again to continue it: finished points are "
             "kept, interrupted ones resume"
         )
-    return "interrupted"
+    return f"{what}; run the same command again"
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except ConfigError as e:
-        print(f"sparsegrain: error: {one_line(str(e))}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"sparsegrain: error: {one_line(_os_error(e))}", file=sys.stderr)
-        return 2
-    except TrainingError as e:
-        print(f"sparsegrain: stopped: {one_line(str(e))}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt as e:  # a stopped run's exception says how to continue
-        print(f"sparsegrain: {one_line(_interrupted(args, e))}", file=sys.stderr)
-        status = getattr(e, "status", 130)
-        return status if isinstance(status, int) else 130
+    """Run one command; every way it can stop is one line on stderr and an exit status."""
+    args = None
+    with _Signals() as signals:
+        try:
+            args = signals.args = build_parser().parse_args(argv)
+            return args.func(args)
+        except ConfigError as e:
+            print(f"sparsegrain: error: {one_line(str(e))}", file=sys.stderr)
+            return 2
+        except OSError as e:
+            print(f"sparsegrain: error: {one_line(_os_error(e))}", file=sys.stderr)
+            return 2
+        except TrainingError as e:
+            print(f"sparsegrain: stopped: {one_line(str(e))}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt as e:  # a training run's stop, saying how to continue
+            print(f"sparsegrain: {one_line(_interrupted(args, e))}", file=sys.stderr)
+            status = getattr(e, "status", 130)
+            return status if isinstance(status, int) else 130
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ import math
 from pathlib import Path
 
 from ..core.errors import ConfigError
-from ..core.io import atomic_write_text
 
 
 def train(args) -> int:
@@ -137,6 +136,8 @@ def sweep(args) -> int:
     points = [(n, sets + args.set) for n, sets in points]
     results = run_sweep(Path(args.recipe), Path(args.out), points, jobs=args.jobs)
     table = sweep_table(results)
+    from ..core.io import atomic_write_text  # here, so that the CLI starts without torch
+
     atomic_write_text(Path(args.out) / "sweep.md", table + "\n")
     print(table)
     return 0

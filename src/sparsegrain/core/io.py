@@ -11,6 +11,7 @@ dangling symbolic link, a missing or read-only directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -91,6 +92,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
+        PENDING.add(tmp)
     except OSError as e:
         raise write_error(shown, e) from None
     try:
@@ -107,6 +109,20 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         raise write_error(shown, e) from None
     finally:
         Path(tmp).unlink(missing_ok=True)
+        PENDING.discard(tmp)
+
+
+# Temporary files of writes in progress: a command that a signal ends at once (``os._exit``, see
+# ``cli.main``) removes them first, so no ``.*.tmp`` is left behind.
+PENDING: set[str] = set()
+
+
+def remove_pending() -> None:
+    """Remove the temporary files of the writes in progress (a command being stopped)."""
+    for tmp in list(PENDING):
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    PENDING.clear()
 
 
 def atomic_write(path: str | Path, data: bytes) -> None:
@@ -121,6 +137,7 @@ def atomic_write(path: str | Path, data: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        PENDING.add(tmp)
         try:
             view = memoryview(data)
             while view:
@@ -130,6 +147,7 @@ def atomic_write(path: str | Path, data: bytes) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
+        PENDING.discard(tmp)
         tmp = None
         _fsync_dir(path.parent)
     except OSError as e:
@@ -137,6 +155,7 @@ def atomic_write(path: str | Path, data: bytes) -> None:
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
+            PENDING.discard(tmp)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
