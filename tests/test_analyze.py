@@ -235,3 +235,11 @@ def test_a_baseline_on_other_test_data_is_refused_before_any_evaluation(runs, tm
         "(data.image_size: 10 against 12); a baseline is the same data trained dense"
     ]
     assert sorted(p.name for p in (runs / "sparse").iterdir()) == before  # no analysis.json
+
+
+def test_a_run_path_that_is_a_symlink_loop_is_one_line(tmp_path, capsys):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    assert cli.main(["analyze", "--run", str(loop)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "symbolic link" in err[0] and str(loop) in err[0]

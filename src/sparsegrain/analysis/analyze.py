@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -314,7 +315,7 @@ def output_path(
         if d is not None:
             reads += [Path(d) / name for name in (RECIPE, WEIGHTS, SUMMARY)]
     owns = [Path(run) / ANALYSIS] if run is not None else []
-    if run is not None and Path(path).parent.resolve() == Path(run).resolve():
+    if run is not None and os.path.realpath(Path(path).parent) == os.path.realpath(run):
         check_unlocked(run, "--run")  # a run being trained gets its analysis once it is done
     return check_output(path, reads=reads, owns=owns, force=force)
 
