@@ -1,19 +1,4 @@
 """``sparsegrain.compact``: the public name of ``sparsegrain.deploy.compact``."""
 
-from .deploy.compact import (
-    CompactResult,
-    LayerChannels,
-    compact,
-    load_compact,
-    save_compact,
-    shrink_,
-)
-
-__all__ = [
-    "CompactResult",
-    "LayerChannels",
-    "compact",
-    "load_compact",
-    "save_compact",
-    "shrink_",
-]
+from .deploy.compact import *  # noqa: F403  (the same names, under the public path)
+from .deploy.compact import __all__  # noqa: F401

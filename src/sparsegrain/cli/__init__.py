@@ -245,7 +245,10 @@ def _stopped(args, signum: int) -> str:
             return f"{what}; resume with --resume"
         return f"{what} before the first checkpoint; run the same command again"
     if command == "sweep":
-        return f"{what}; run the same sweep command again to continue it"
+        return (
+            f"{what}; run the same sweep command again to continue it: finished points are "
+            "kept, interrupted ones resume"
+        )
     return f"{what}; run the same command again"
 
 
@@ -279,24 +282,9 @@ class _Signals:
 
 
 def _interrupted(args, e: KeyboardInterrupt) -> str:
-    if str(e):  # a training run's stop says what stopped it and how to continue
-        return str(e)
-    what = "interrupted"
-    if args is None:
-        return what
-    if args.command == "train":
-        from ..runs.files import has_checkpoint
-
-        out = getattr(args, "out", None)
-        if out is not None and has_checkpoint(Path(out)):
-            return f"{what}; resume with --resume"
-        return f"{what} before the first checkpoint; run the same command again"
-    if args.command == "sweep":
-        return (
-            f"{what}; run the same sweep command again to continue it: finished points are "
-            "kept, interrupted ones resume"
-        )
-    return f"{what}; run the same command again"
+    """A training run's stop says what stopped it and how to continue; any other interrupt gets
+    the line a signal would."""
+    return str(e) or _stopped(args, signal.SIGINT)
 
 
 def main(argv: list[str] | None = None) -> int:
