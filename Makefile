@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.test-installed: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test]' torch==2.13.0
 	touch $@
 
 # Debian's dataset-fashion-mnist package puts the IDX files in $(DATA). Install it when missing
