@@ -11,6 +11,7 @@ from torch import nn
 
 from sparsegrain import sparsify_
 from sparsegrain.deploy.compact import compact, load_compact, save_compact
+from sparsegrain.graph import RUN
 from sparsegrain.models import create_model
 
 TOL = 1e-5
@@ -148,14 +149,33 @@ def test_tiny_vgg_exact_counts():
     assert r.max_abs_diff <= TOL
 
 
-def test_untraceable_model_is_left_alone_with_notes():
-    m = create_model("mlp_tiny", num_classes=10, in_channels=1)
+def test_model_fx_cannot_trace_is_compacted_from_a_run():
+    m = create_model("mlp_tiny", num_classes=10, in_channels=1)  # forward branches on x.shape
     with torch.no_grad():
         m.fc1.weight[:5] = 0
     x = torch.randn(2, 1, 28, 28)
     r = compact(m, x)
+    assert r.traced and r.tracer == RUN
+    assert (r.model.fc1.out_features, r.model.fc.in_features) == (27, 27)
+    assert r.params_after == r.params_before - 5 * (784 + 1) - 5 * 10
+    assert r.max_abs_diff <= TOL
+
+
+def test_model_that_cannot_be_traced_at_all_is_left_alone_with_notes(monkeypatch):
+    import sparsegrain.deploy.compact.core as core
+
+    def fail(model, example_input):
+        raise RuntimeError("no trace\nsecond line")
+
+    monkeypatch.setattr(core, "channel_graph", fail)
+    m = create_model("mlp_tiny", num_classes=10, in_channels=1)
+    x = torch.randn(2, 1, 28, 28)
+    r = compact(m, x)
     assert not r.traced and r.layers == {} and r.params_after == r.params_before
-    assert set(r.notes) == {"fc1", "fc"} and "cannot trace" in r.notes["fc1"][0]
+    assert set(r.notes) == {"fc1", "fc"}
+    assert r.notes["fc1"] == [
+        "not compacted: the model could not be traced (RuntimeError: no trace)"
+    ]
     assert torch.equal(r.model(x), m.eval()(x))
 
 
@@ -237,7 +257,7 @@ def test_save_load_without_pickle(tmp_path, monkeypatch):
 
 
 class CatSE(nn.Module):
-    """A concatenation (not understood: pins) and a squeeze-excitation product (understood)."""
+    """A concatenation and a squeeze-excitation product."""
 
     def __init__(self):
         super().__init__()
@@ -254,13 +274,15 @@ class CatSE(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(y, 1), 1))
 
 
-def test_custom_model_cat_pins_and_se_compacts():
+def test_custom_model_cat_and_se_compact():
     torch.manual_seed(0)
     m = CatSE().eval()
-    zero_filters(m.a, [0])  # feeds a cat: kept, with a note
+    zero_filters(m.a, [0])  # channel 0 of the cat: c's input channel 0 goes
+    zero_filters(m.b, [2])  # channel 4 + 2 = 6 of the cat
     zero_filters(m.c, [1, 4])  # BN shift 0 -> zero channels, through the SE product
     r = compact(m, torch.randn(2, 3, 8, 8))
-    assert "a" not in r.layers and "function cat not understood" in r.notes["a"][0]
+    assert r.layers["a"].out == [1, 2, 3] and r.layers["b"].out == [0, 1, 3]
+    assert r.layers["c"].inp == [1, 2, 3, 4, 5, 7] and r.model.c.weight.shape[1] == 6
     assert r.layers["c"].out == [0, 2, 3, 5] and r.layers["se"].out == [0, 2, 3, 5]
     assert r.layers["se"].inp == [0, 2, 3, 5] and r.layers["fc"].inp == [0, 2, 3, 5]
     assert r.max_abs_diff <= TOL

@@ -43,7 +43,9 @@ def x12():
 def trained(steps=6, **cfg):
     model = resnet()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=0.01)
-    sp = sparsegrain.sparsify_(model, campfire(**cfg), steps_per_epoch=2, optimizer=opt)
+    sp = sparsegrain.sparsify_(
+        model, campfire(**cfg), steps_per_epoch=2, optimizer=opt, example_inputs=x12()
+    )
     g = torch.Generator().manual_seed(1)
     for _ in range(steps):
         x, y = torch.randn(8, 3, 12, 12, generator=g), torch.randint(0, 10, (8,), generator=g)
@@ -77,8 +79,8 @@ def resnet_tiny_params(internal, streams, in_ch=3, classes=10):
 
 
 def test_sets_found_by_fx_on_resnet_tiny():
-    assert find_sets(resnet()) == [(s, []) for s in STAGES]
-    sp = sparsegrain.sparsify_(resnet(), campfire(), steps_per_epoch=2)
+    assert [s for s, _ in find_sets(resnet(), x12())] == STAGES
+    sp = sparsegrain.sparsify_(resnet(), campfire(), steps_per_epoch=2, example_inputs=x12())
     coupled = {l.name: list(l.coupled) for l in sp.pruned if l.coupled}
     assert coupled == {m: s for s in STAGES for m in s}
     notes = {r["name"]: r["note"] for r in sp.report()}
@@ -91,7 +93,7 @@ def test_sets_found_by_fx_on_resnet_tiny():
 def test_imagenet_resnet_sets_go_through_maxpool_and_block_chains():
     torch.manual_seed(0)
     model = create_model("resnet18", num_classes=10, in_channels=3)
-    assert [s for s, _ in find_sets(model)] == [
+    assert [s for s, _ in find_sets(model, torch.randn(1, 3, 64, 64))] == [
         ["conv1", "layer1.0.conv2", "layer1.1.conv2"],
         ["layer2.0.conv2", "layer2.0.downsample.0", "layer2.1.conv2"],
         ["layer3.0.conv2", "layer3.0.downsample.0", "layer3.1.conv2"],
@@ -102,7 +104,9 @@ def test_imagenet_resnet_sets_go_through_maxpool_and_block_chains():
 def test_excluded_or_other_structure_member_uncouples_its_set():
     # Default exclusion leaves the stem dense: stage 1 is not coupled, stages 2 and 3 are.
     over = {"layer3.0.downsample.0": {"structure": "kernel"}}
-    sp = sparsegrain.sparsify_(resnet(), campfire(exclude=None, overrides=over), steps_per_epoch=2)
+    sp = sparsegrain.sparsify_(
+        resnet(), campfire(exclude=None, overrides=over), steps_per_epoch=2, example_inputs=x12()
+    )
     layers = {l.name: l for l in sp.layers}
     assert [n for n, l in layers.items() if l.coupled] == STAGES[1]
     notes = {r["name"]: r["note"] for r in sp.report()}
@@ -127,12 +131,26 @@ class Untraceable(nn.Module):
         return self.a(x) + self.b(x)
 
 
-def test_untraceable_model_is_not_coupled_and_says_why():
+def test_model_fx_cannot_trace_is_coupled_from_a_run():
+    torch.manual_seed(0)
+    model = Untraceable()
+    cfg = {"method": "oneshot", "structure": "filter", "target": 0.5, "exclude": []}
+    x = torch.randn(2, 3, 6, 6)
+    sp = sparsegrain.sparsify_(model, {**cfg, "couple": True}, steps_per_epoch=1, example_inputs=x)
+    assert sp.couple_note == "" and [l.coupled for l in sp.layers] == [("a", "b"), ("a", "b")]
+    masks = sp.masks()
+    assert filters_kept(masks["a"]).tolist() == filters_kept(masks["b"]).tolist()
+    assert int(filters_kept(masks["a"]).sum()) == 2
+
+
+def test_no_example_input_is_not_coupled_and_says_why():
     torch.manual_seed(0)
     model = Untraceable()
     cfg = {"method": "oneshot", "structure": "filter", "target": 0.5, "exclude": []}
     sp = sparsegrain.sparsify_(model, {**cfg, "couple": True}, steps_per_epoch=1)
-    assert sp.couple_note.startswith("not coupled: torch.fx cannot trace the model (TraceError")
+    assert sp.couple_note == (
+        "not coupled: no example input to trace the model with (pass example_inputs=)"
+    )
     assert all(not l.coupled for l in sp.layers)
     for row in sp.report():
         assert sp.couple_note in row["note"]
@@ -238,7 +256,12 @@ class TwoBranch(nn.Module):
 def test_coupled_score_by_hand(score, expected):
     model = TwoBranch()
     cfg = {"method": "oneshot", "structure": "filter", "target": 1 / 3, "exclude": []}
-    sp = sparsegrain.sparsify_(model, {**cfg, "score": score, "couple": True}, steps_per_epoch=1)
+    sp = sparsegrain.sparsify_(
+        model,
+        {**cfg, "score": score, "couple": True},
+        steps_per_epoch=1,
+        example_inputs=torch.randn(1, 2, 4, 4),
+    )
     assert [l.coupled for l in sp.pruned] == [("a", "b"), ("a", "b")]
     fresh = TwoBranch()  # the pruned model's channel 2 is zero now
     weights = {"a": fresh.a.weight.detach(), "b": fresh.b.weight.detach()}
@@ -259,7 +282,12 @@ def test_coupled_score_by_hand(score, expected):
 def test_admm_projection_and_hard_prune_are_coupled():
     model = resnet()
     cfg = {"method": "admm", "structure": "filter", "target": 0.5, "exclude": ["fc"]}
-    sp = sparsegrain.sparsify_(model, {**cfg, "couple": True, "admm_periods": 1}, steps_per_epoch=1)
+    sp = sparsegrain.sparsify_(
+        model,
+        {**cfg, "couple": True, "admm_periods": 1},
+        steps_per_epoch=1,
+        example_inputs=x12(),
+    )
     z = sp.method.Z
     for members in STAGES:
         kept = [(z[m].reshape(z[m].shape[0], -1) != 0).any(dim=1) for m in members]

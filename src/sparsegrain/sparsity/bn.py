@@ -12,11 +12,12 @@ learns without it and ``compact`` removes it. The masks are the same parametriza
 weights' (parameters and optimizer state zeroed whenever the mask changes, so nothing regrows)
 and follow the layer's mask in ``masking.set_mask``.
 
-Which BatchNorm: read off the ``torch.fx`` graph of the model, never guessed from module names or
-order. Layer ``L`` is paired with BatchNorm ``B`` when ``L`` is called once, ``B`` is the only
-BatchNorm call that reads ``L``'s output, takes it as its one argument, is called once, is affine,
-has one channel per filter of ``L``, and nothing else in the graph reads ``B``'s weight or bias.
-A model that ``torch.fx`` cannot trace gets no pairing and a note on its layers.
+Which BatchNorm (any subclass of PyTorch's ``_BatchNorm``, such as timm's ``BatchNormAct2d``): read
+off the graph of the model (``graph.trace``: torch.fx, else a run on an example input), never
+guessed from module names or order. Layer ``L`` is paired with BatchNorm ``B`` when ``L`` is called
+once, ``B`` is the only BatchNorm call that reads ``L``'s output, takes it as its one argument, is
+called once, is affine, has one channel per filter of ``L``, and nothing else in the graph reads
+``B``'s weight or bias. A model that cannot be traced gets no pairing and a note on its layers.
 
 When (``sparsity.prune_bn``): ``true`` for every pruned layer, ``false`` for none, unset (the
 default) for the layers whose structure's group is a whole filter (``filter``); with other
@@ -28,11 +29,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from torch import fx, nn
+from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 
 from ..core.fx import untraced_note
+from ..graph import trace
 from . import masking
 from .masking import Layer, Norm
 
@@ -46,11 +48,20 @@ def wants_norm(layer: Layer, prune_bn: bool | None) -> bool:
     return prune_bn if prune_bn is not None else layer.structure.whole_filters
 
 
-def find_norms(model: nn.Module, names: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
+def find_norms(
+    model: nn.Module, names: Sequence[str], example_inputs=None
+) -> tuple[dict[str, str], dict[str, str]]:
     """For the Conv/Linear layers ``names``: ``(layer -> BatchNorm that reads its output
-    directly, layer -> why a BatchNorm that reads it is not paired)``, from the fx graph (rule in
-    the module doc). Raises whatever ``torch.fx`` raises when the model cannot be traced."""
-    nodes = list(fx.symbolic_trace(model).graph.nodes)
+    directly, layer -> why a BatchNorm that reads it is not paired)``, from the model's graph
+    (``graph.trace``: torch.fx, else a run on ``example_inputs``; rule in the module doc).
+    Raises what tracing raises when the model cannot be traced."""
+    training = {m: m.training for m in model.modules()}
+    try:
+        model.eval()  # a run must not move the BatchNorm statistics
+        nodes = trace(model, example_inputs).nodes
+    finally:
+        for m, mode in training.items():
+            m.train(mode)
     modules = dict(model.named_modules())
     calls = Counter(n.target for n in nodes if n.op == "call_module")
     attrs = [str(n.target) for n in nodes if n.op == "get_attr"]
@@ -75,7 +86,7 @@ def find_norms(model: nn.Module, names: Sequence[str]) -> tuple[dict[str, str], 
     return found, refused
 
 
-def _refusal(node: fx.Node, norms, modules, calls, attrs) -> str:
+def _refusal(node, norms, modules, calls, attrs) -> str:
     """Why ``node``'s BatchNorm may not be masked with it ('' when it may)."""
     name = node.target
     if calls[name] != 1:
@@ -103,7 +114,9 @@ def _refusal(node: fx.Node, norms, modules, calls, attrs) -> str:
     return ""
 
 
-def attach_norms(layers: Sequence[Layer], model: nn.Module, prune_bn: bool | None, optimizer):
+def attach_norms(
+    layers: Sequence[Layer], model: nn.Module, prune_bn: bool | None, optimizer, example_inputs=None
+):
     """Pair the layers that want it with their BatchNorm, attach its masks and bring them in step
     with the layers' current masks (a method may already have pruned at attach). Returns a note
     for the whole model ('' unless it could not be traced)."""
@@ -111,7 +124,7 @@ def attach_norms(layers: Sequence[Layer], model: nn.Module, prune_bn: bool | Non
     if not layers:
         return ""
     try:
-        found, refused = find_norms(model, [layer.name for layer in layers])
+        found, refused = find_norms(model, [layer.name for layer in layers], example_inputs)
     except Exception as e:  # noqa: BLE001 (fx raises many kinds; any of them means "not traced")
         note = untraced_note(NOTE, e)
         for layer in layers:

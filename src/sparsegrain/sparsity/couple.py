@@ -9,180 +9,139 @@ filter mask, chosen from all of them together (as Torch-Pruning's dependency gro
 StructADMM's channel pruning of coupled layers do): every dropped filter is then a removed
 channel of the stream.
 
-Which layers. Read off the ``torch.fx`` graph, never guessed from names. A sum node is
-``operator.add``/``iadd``/``sub``/``isub``, ``torch.add``/``torch.sub`` or a tensor's
-``.add``/``.add_``/``.sub``/``.sub_``. Each of its tensor operands is followed back through ops
-that keep channel ``k`` at channel ``k`` (BatchNorm, pointwise activations, dropout, identity,
-max/average pooling) and through other sum nodes (chains: a block's output, after its ReLU, is
-summed again in the next block) to the Conv/Linear calls that wrote it. The writers of one sum
-are coupled, and sets that share a writer merge. A set is used only when every member is pruned
-with the ``filter`` structure and written by Conv/Linear layers alone; otherwise its layers are
-pruned as before and the report says why (a member left dense or excluded, a member with another
-structure, a member called more than once, an operand that is not a layer's output). A model
-that ``torch.fx`` cannot trace gets no coupling and a note on its layers.
+Which layers. Read off the model's channel graph (``graph.channels``: torch.fx, else a run
+of the model on an example input), never guessed from names: two layers are coupled when a
+filter of one and a filter of the other are one channel (a residual add, a depthwise conv that
+carries its producer's channels, a squeeze-excitation gate, ...), and sets that share a layer
+merge. A set is used only when every member is pruned with a structure whose group is a whole
+filter; otherwise its layers are pruned as before and the report says why (a member left dense
+or excluded, a member with another structure). A layer whose filters compaction can never remove
+(all of its channels pinned: read by a LayerNorm, a grouped conv, an attention block, ...) is
+left dense, with the reason as its note: its zeros would save nothing. A model that cannot be
+traced gets no coupling and a note on its layers.
 
 The rule (one mask per set). Output channel ``k`` of the set scores
 
     score_k = sum over members m of  score_m(W_m[k, :, :, :]) / E_m ** size_exponent(score_m)
 
-with ``score_m`` the member's own score (``sparsity.score`` or an override; ``l1``: sum of |w|,
-``l2``: the L2 norm) and ``E_m`` its filter size ``C*R*S``: dividing by ``E`` (l1) or ``sqrt(E)``
-(l2) makes it the mean magnitude or the RMS of the filter, so a 1x1 downsample conv weighs as much
-as a 3x3 conv (the same normalisation as global selection, ``structures.global_sparsities``). The
-set's sparsity is the size-weighted mean (weights: the members' numbers of weights) of its
-members' sparsities at that moment (their targets under ``scope: layer``, the global selection's
-per-layer sparsities under ``scope: global``); the set keeps ``keep_count(K, s)`` channels, the
-highest scores, ties to the lower index (``structures.select_top``), and every member gets that
-filter mask. A pruned filter has score 0 in every member, so gradual methods keep it pruned.
+(a channel shared by several filters of one member, or written by several members, sums all their
+scores) with ``score_m`` the member's own score (``sparsity.score`` or an override; ``l1``: sum of
+|w|, ``l2``: the L2 norm) and ``E_m`` its filter size ``C*R*S``: dividing by ``E`` (l1) or
+``sqrt(E)`` (l2) makes it the mean magnitude or the RMS of the filter, so a 1x1 downsample conv
+weighs as much as a 3x3 conv (the same normalisation as global selection,
+``structures.global_sparsities``). The set's sparsity is the size-weighted mean (weights: the
+members' numbers of weights) of its members' sparsities at that moment (their targets under
+``scope: layer``, the global selection's per-layer sparsities under ``scope: global``); the set
+keeps ``keep_count(n, s)`` of its ``n`` channels, the highest scores, ties to the lower index
+(``structures.select_top``), and every member's filter is kept exactly when its channel is. A
+pruned filter has score 0 in every member, so gradual methods keep it pruned.
 """
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Mapping, Sequence
 
 import torch
-from torch import Tensor, fx, nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch import Tensor, nn
 
-from ..core.fx import (
-    CONST_POOLS,
-    POINTWISE_FUNCTIONS,
-    POINTWISE_METHODS,
-    POINTWISE_MODULES,
-    untraced_note,
-)
+from ..core.fx import untraced_note
+from ..graph import ChannelGraph, channel_graph
 from ..structures import get_score, group_scores, keep_count, select_top, shape_4d
-from .masking import LAYER_TYPES, Layer
+from .masking import Layer
 
 NOTE = "not coupled: "
-SUMS = {operator.add, operator.iadd, torch.add, operator.sub, operator.isub, torch.sub}
-SUM_METHODS = {"add", "add_", "sub", "sub_"}
-PASS_MODULES = (_BatchNorm, nn.AvgPool1d, nn.AvgPool2d, *POINTWISE_MODULES, *CONST_POOLS)
-PASS_FUNCTIONS = POINTWISE_FUNCTIONS | {
-    nn.functional.max_pool1d,
-    nn.functional.max_pool2d,
-    nn.functional.avg_pool1d,
-    nn.functional.avg_pool2d,
-}
 
 
-def find_sets(model: nn.Module) -> list[tuple[list[str], list[str]]]:
-    """The coupled sets of ``model``'s Conv/Linear layers: ``(members in model order, reasons it
-    cannot be coupled whatever the recipe)`` for every set of two or more writers (rule in the
-    module doc). Raises whatever ``torch.fx`` raises when the model cannot be traced."""
-    graph = fx.symbolic_trace(model).graph
-    modules = dict(model.named_modules())
-    layer_types = tuple(c for cs in LAYER_TYPES.values() for c in cs)
-    calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
-    parent: dict[str, str] = {}
+def find_sets(model: nn.Module, example_inputs) -> list[tuple[list[str], list[str]]]:
+    """The coupled sets of ``model``'s layers and, per set, its channels: ``(members in model
+    order, channel ids)`` where ``ids[i][k]`` numbers the channel of member ``i``'s filter ``k``
+    (0..n-1 over the set), for every set of two or more layers."""
+    sets = _sets(channel_graph(model, example_inputs), dict(model.named_modules()))[0]
+    return [(members, ids) for members, ids in sets if len(members) > 1]
+
+
+def _sets(cg: ChannelGraph, modules) -> tuple[list, dict[str, str]]:
+    order = {name: i for i, name in enumerate(modules)}
+    pins = cg.pin_reasons()
+    roots = {name: cg.roots(outs[0]).tolist() for name, outs in cg.writers.items()}
+    owner: dict[int, str] = {}
+    parent: dict[str, str] = {name: name for name in roots}
 
     def find(a: str) -> str:
-        while parent.setdefault(a, a) != a:
+        while parent[a] != a:
             a = parent[a]
         return a
 
-    others: dict[str, list[str]] = {}  # first writer of a sum -> its operands that are no layer
-    memo: dict[fx.Node, tuple[set[str], list[str]]] = {}
-    for node in graph.nodes:
-        if not _is_sum(node):
-            continue
-        writers, foreign = _writers(node, modules, layer_types, memo)
-        if not writers:
-            continue
-        first, *rest = sorted(writers)
-        for w in rest:
-            parent[find(w)] = find(first)
-        others.setdefault(first, []).extend(foreign)
+    for name, rs in roots.items():
+        for r in rs:
+            if r in owner:
+                parent[find(name)] = find(owner[r])
+            else:
+                owner[r] = name
     groups: dict[str, list[str]] = {}
-    for name in parent:
+    for name in roots:
         groups.setdefault(find(name), []).append(name)
-    order = {name: i for i, name in enumerate(modules)}
-    out = []
+    sets = []
     for members in groups.values():
-        if len(members) < 2:
-            continue
         members.sort(key=order.__getitem__)
-        reasons = [r for m in members for r in others.get(m, [])]
-        reasons += [f"'{m}' is called {calls[m]} times" for m in members if calls.get(m, 0) > 1]
-        out.append((members, list(dict.fromkeys(reasons))))
-    return sorted(out, key=lambda s: order[s[0][0]])
+        numbers: dict[int, int] = {}
+        ids = [[numbers.setdefault(r, len(numbers)) for r in roots[m]] for m in members]
+        sets.append((members, ids))
+    pinned = {}
+    for name, rs in roots.items():
+        why = [w for r in rs for w in pins.get(r, []) if w not in ("model input", "model output")]
+        if rs and all(r in pins for r in rs) and why:
+            pinned[name] = why[0]
+    return sorted(sets, key=lambda st: order[st[0][0]]), pinned
 
 
-def _is_sum(node: fx.Node) -> bool:
-    return (node.op == "call_function" and node.target in SUMS) or (
-        node.op == "call_method" and node.target in SUM_METHODS
-    )
-
-
-def _passes(node: fx.Node, modules) -> bool:
-    """Whether ``node`` maps its first argument's channel ``k`` to its own channel ``k``."""
-    if not node.args or not isinstance(node.args[0], fx.Node):
-        return False
-    rest: list[fx.Node] = []
-    fx.node.map_arg((node.args[1:], node.kwargs), lambda n: rest.append(n) or n)
-    if rest:  # another tensor enters: not a per-channel map of the first
-        return False
-    if node.op == "call_module":
-        return isinstance(modules.get(node.target), PASS_MODULES)
-    if node.op == "call_function":
-        return node.target in PASS_FUNCTIONS
-    return node.op == "call_method" and node.target in POINTWISE_METHODS
-
-
-def _writers(node, modules, layer_types, memo) -> tuple[set[str], list[str]]:
-    """``(layers whose output reaches node's channels, descriptions of other sources)``."""
-    if not isinstance(node, fx.Node):
-        return set(), []  # a number added to a tensor: no channel writer
-    if node in memo:
-        return memo[node]
-    if node.op == "call_module" and isinstance(modules.get(node.target), layer_types):
-        out: tuple[set[str], list[str]] = ({node.target}, [])
-    elif _is_sum(node):
-        writers: set[str] = set()
-        foreign: list[str] = []
-        for arg in list(node.args) + list(node.kwargs.values()):
-            w, f = _writers(arg, modules, layer_types, memo)
-            writers |= w
-            foreign += f
-        out = (writers, foreign)
-    elif _passes(node, modules):
-        out = _writers(node.args[0], modules, layer_types, memo)
-    else:
-        what = node.target if node.op == "call_module" else node.name
-        out = (set(), [f"'{what}' ({node.op}) is summed with them"])
-    memo[node] = out
-    return out
-
-
-def assign(layers: Sequence[Layer], model: nn.Module, enabled: bool) -> str:
-    """Find the coupled sets and mark their members (``Layer.coupled``), or note why a set is not
-    coupled (``Layer.couple_note``). Returns a note for the whole model ('' unless it could not be
-    traced)."""
+def assign(layers: Sequence[Layer], model: nn.Module, enabled: bool, example_inputs=None) -> str:
+    """Find the coupled sets and mark their members (``Layer.coupled``, ``Layer.extra
+    ["channels"]``), leave dense the layers whose filters compaction cannot remove, or note why
+    a set is not coupled (``Layer.couple_note``). Returns a note for the whole model ('' unless
+    it could not be traced)."""
     if not enabled:
         return ""
     pruned = [layer for layer in layers if layer.structure is not None]
+    if not pruned:
+        return ""
+    if example_inputs is None:
+        note = NOTE + "no example input to trace the model with (pass example_inputs=)"
+        for layer in pruned:
+            layer.couple_note = note
+        return note
+    training = {m: m.training for m in model.modules()}
     try:
-        sets = find_sets(model)
-    except Exception as e:  # noqa: BLE001 (fx raises many kinds; any of them means "not traced")
+        model.eval()
+        cg = channel_graph(model, example_inputs)
+        sets, pinned = _sets(cg, dict(model.named_modules()))
+    except Exception as e:  # noqa: BLE001 (tracing raises many kinds; any means "not traced")
         note = untraced_note(NOTE, e)
         for layer in pruned:
             layer.couple_note = note
         return note
+    finally:
+        for m, mode in training.items():
+            m.train(mode)
     by_name = {layer.name: layer for layer in layers}
-    for members, reasons in sets:
+    for name, why in pinned.items():
+        layer = by_name.get(name)
+        if layer is not None and layer.structure is not None and layer.structure.whole_filters:
+            layer.structure = None
+            layer.note = f"left dense: compaction cannot remove its filters ({why})"
+    for members, ids in sets:
+        if len(members) < 2:
+            continue
         found = [by_name.get(m) for m in members]
-        reason = "; ".join(reasons) or _refusal(members, found)
-        for layer in found:
+        reason = _refusal(members, found)
+        for layer, chan in zip(found, ids):
             if layer is None or layer.structure is None:
                 continue
             if reason:
                 layer.couple_note = NOTE + reason
             else:
                 layer.coupled = tuple(members)
+                layer.extra["channels"] = chan
     return ""
 
 
@@ -196,23 +155,21 @@ def _refusal(members: list[str], found: list[Layer | None]) -> str:
     if not all(layer.structure.whole_filters for layer in found):
         specs = sorted({layer.structure.spec for layer in found})
         return f"only 'filter' layers are coupled, the set has {', '.join(specs)}"
-    ks = sorted({layer.shape[0] for layer in found})
-    if len(ks) > 1:
-        return f"filter counts differ ({', '.join(map(str, ks))})"
     return ""
 
 
 def channel_scores(members: Sequence[Layer], weights: Mapping[str, Tensor], score=None) -> Tensor:
-    """``(K,)`` float64: the coupled score of every output channel (rule in the module doc);
-    ``score`` overrides the members' own scores (ADMM's projection uses l2)."""
-    total = None
+    """``(n,)`` float64: the coupled score of every channel of the set (rule in the module
+    doc); ``score`` overrides the members' own scores (ADMM's projection uses l2)."""
+    n = 1 + max(max(layer.extra["channels"]) for layer in members)
+    total = torch.zeros(n, dtype=torch.float64)
     for layer in members:
         w = weights[layer.name]
         sc = get_score(score if score is not None else layer.score)
         _, c, r, s = shape_4d(w.shape)
-        v = group_scores(w, layer.structure, sc).reshape(-1).to(torch.float64)
+        v = group_scores(w, layer.structure, sc).reshape(-1).to("cpu", torch.float64)
         v = v / float(c * r * s) ** sc.size_exponent
-        total = v if total is None else total + v.to(total.device)
+        total.index_add_(0, torch.tensor(layer.extra["channels"]), v)
     return total
 
 
@@ -244,10 +201,11 @@ def masks(
         members = [by_name[m] for m in layer.coupled]
         scores = channel_scores(members, weights, score)
         keep = keep_count(scores.numel(), set_sparsity(members, sparsities))
-        chosen = select_top(scores.reshape(1, -1), keep)
+        chosen = select_top(scores.reshape(1, -1), keep).reshape(-1)
         for m in members:
             wm = weights[m.name]
-            mask = m.structure.expand(chosen.to(wm.device), shape_4d(wm.shape))
+            kept = chosen[torch.tensor(m.extra["channels"])].reshape(1, -1)
+            mask = m.structure.expand(kept.to(wm.device), shape_4d(wm.shape))
             out[m.name] = mask.reshape(wm.shape)
     return out
 

@@ -8,12 +8,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...analysis.flops import layer_weights, model_flops, profile
-from ...core.fx import CONVS, NORMS, untraced_note
+from ...core.fx import CONVS
 from ...core.tables import format_table
+from ...graph import channel_graph, is_conv1d_transposed
 from ...sparsity.handle import finalize_
-from .graph import trace_channels
 from .plan import LayerChannels, plan_compaction
 from .rebuild import apply_folds, shrink_
 
@@ -39,11 +40,28 @@ class CompactResult:
     traced: bool = True
     sizes_before: dict[str, tuple[str, str]] = field(default_factory=dict)
     bias_added: list[str] = field(default_factory=list)
+    tracer: str = ""
+    params_ideal: int = 0
+    macs_ideal: int = 0
+    heads: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def macs_ratio(self) -> float:
         """Dense MACs before / after: the ideal speedup of the compacted model."""
         return self.macs_before / self.macs_after if self.macs_after else float("inf")
+
+    @property
+    def reached(self) -> dict[str, float]:
+        """Fraction of the ideal reduction reached (1.0: all of it; 1.0 when nothing was to
+        remove): ``(before - after) / (before - ideal)`` for parameters and MACs."""
+
+        def frac(before: int, after: int, ideal: int) -> float:
+            return 1.0 if before <= ideal else (before - after) / (before - ideal)
+
+        return {
+            "params": frac(self.params_before, self.params_after, self.params_ideal),
+            "macs": frac(self.macs_before, self.macs_after, self.macs_ideal),
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +71,11 @@ class CompactResult:
             "macs_before": self.macs_before,
             "macs_after": self.macs_after,
             "max_abs_diff": self.max_abs_diff,
+            "tracer": self.tracer,
+            "params_ideal": self.params_ideal,
+            "macs_ideal": self.macs_ideal,
+            "reached": self.reached,
+            "heads": self.heads,
             "layers": {n: s.to_dict() for n, s in self.layers.items()},
             "notes": self.notes,
         }
@@ -69,21 +92,27 @@ class CompactResult:
             shown_in += " +bias" if name in self.bias_added else ""
             rows.append([name, f"{out}/{out0}", shown_in, "; ".join(self.notes.get(name, []))])
         table = format_table(rows, ["layer", "out kept", "in kept", "note"]) if rows else ""
+        reached = self.reached
         return (
             f"{table}\nparams {self.params_before:,} -> {self.params_after:,}  "
             f"MACs/example {self.macs_before:,} -> {self.macs_after:,} "
-            f"(ideal speedup {self.macs_ratio:.2f}x)  max abs diff {self.max_abs_diff:.3g}"
+            f"(ideal speedup {self.macs_ratio:.2f}x)  max abs diff {self.max_abs_diff:.3g}\n"
+            f"reached {reached['params']:.0%} of the ideal parameter reduction "
+            f"({self.params_ideal:,}) and {reached['macs']:.0%} of the MAC reduction "
+            f"({self.macs_ideal:,}); traced with {self.tracer or 'nothing'}"
         )
 
 
 def _sizes(model: nn.Module) -> dict[str, tuple[str, str]]:
     out = {}
     for name, m in model.named_modules():
-        if type(m) in CONVS:
+        if isinstance(m, CONVS):
             out[name] = (str(m.out_channels), str(m.in_channels))
-        elif type(m) is nn.Linear:
+        elif isinstance(m, nn.Linear):
             out[name] = (str(m.out_features), str(m.in_features))
-        elif type(m) in NORMS:
+        elif is_conv1d_transposed(m):
+            out[name] = (str(m.weight.shape[1]), str(m.weight.shape[0]))
+        elif isinstance(m, _BatchNorm):
             out[name] = (str(m.num_features), "")
     return out
 
@@ -94,9 +123,21 @@ def _args(example_input) -> tuple:
 
 @torch.no_grad()
 def _outputs(model: nn.Module, example_input) -> list[torch.Tensor]:
-    out = model(*_args(example_input))
-    flat = out if isinstance(out, (tuple, list)) else [out]
-    return [t.detach().clone() for t in flat if isinstance(t, torch.Tensor)]
+    flat: list[torch.Tensor] = []
+    _flatten(model(*_args(example_input)), flat)
+    return [t.detach().clone() for t in flat]
+
+
+def _flatten(obj, out: list) -> None:
+    """Every tensor of a model's output (tuples, lists, dicts and ModelOutputs), in order."""
+    if isinstance(obj, torch.Tensor):
+        out.append(obj)
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _flatten(v, out)
+    elif isinstance(obj, (tuple, list)):
+        for v in obj:
+            _flatten(v, out)
 
 
 def max_abs_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
@@ -130,22 +171,27 @@ def compact(model: nn.Module, example_input, *, tolerance: float = 1e-4) -> Comp
     ref = _outputs(work, example_input)
     macs = _macs(work, example_input)
     params = _params(work)
+    heads, head_notes = _compact_heads(work)
     try:
-        flow = trace_channels(work, example_input)
-    except Exception as e:  # noqa: BLE001 (fx raises many kinds; any of them means "not traced")
-        note = untraced_note("not compacted: ", e)
+        cg = channel_graph(work, example_input)
+    except Exception as e:  # noqa: BLE001 (a model that does not run on its input either)
+        note = _untraced(e)
         sizes = _sizes(work)
         notes = {n: [note] for n in sizes}
         return CompactResult(
-            work, {}, notes, params, params, macs, macs, 0.0, traced=False, sizes_before=sizes
-        )
-    plan = plan_compaction(flow)
-    del flow
+            work, {}, notes, params, params, macs, macs, 0.0, traced=False, sizes_before=sizes,
+            params_ideal=params, macs_ideal=macs,
+        )  # fmt: skip
+    plan = plan_compaction(cg)
+    ideal_plan = plan_compaction(cg, ideal=True)
+    tracer = cg.tracer
+    del cg
+    params_ideal, macs_ideal = _ideal(work, ideal_plan, example_input)
     sizes = _sizes(work)
     added = [
         n
         for n, spec in plan.layers.items()
-        if spec.kind != "norm" and spec.bias and work.get_submodule(n).bias is None
+        if spec.kind in ("conv", "linear") and spec.bias and work.get_submodule(n).bias is None
     ]
     shrink_(work, plan.layers)
     apply_folds(work, plan.bias_delta, plan.mean_delta, plan.layers)
@@ -157,10 +203,13 @@ def compact(model: nn.Module, example_input, *, tolerance: float = 1e-4) -> Comp
             f"compaction changed the outputs by {diff:.3g} (tolerance {tolerance:g} x scale "
             f"{max(1.0, scale):.3g}); this is a bug in sparsegrain.compact, please report it"
         )
+    notes = plan.notes
+    for name, texts in head_notes.items():
+        notes.setdefault(name, []).extend(texts)
     return CompactResult(
         model=work,
         layers=plan.layers,
-        notes=plan.notes,
+        notes=notes,
         params_before=params,
         params_after=_params(work),
         macs_before=macs,
@@ -168,4 +217,33 @@ def compact(model: nn.Module, example_input, *, tolerance: float = 1e-4) -> Comp
         max_abs_diff=diff,
         sizes_before=sizes,
         bias_added=added,
+        tracer=tracer,
+        params_ideal=min(params_ideal, _params(work)),
+        macs_ideal=min(macs_ideal, _macs(work, example_input)),
+        heads=heads,
     )
+
+
+def _untraced(e: Exception) -> str:
+    reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
+    return f"not compacted: the model could not be traced ({type(e).__name__}: {reason})"
+
+
+def _compact_heads(work: nn.Module) -> tuple[dict[str, list[int]], dict[str, list[str]]]:
+    """Remove the attention heads the masks zeroed (``heads.compact_heads_``)."""
+    try:
+        from .heads import compact_heads_
+    except ImportError:
+        return {}, {}
+    return compact_heads_(work)
+
+
+def _ideal(work: nn.Module, plan, example_input) -> tuple[int, int]:
+    """Parameters and MACs of the model with every zero filter removed (``ideal`` plan): built
+    on a copy only to be counted, never checked or returned."""
+    probe = copy.deepcopy(work)
+    try:
+        shrink_(probe, plan.layers)
+        return _params(probe), _macs(probe, example_input)
+    except Exception:  # noqa: BLE001 (an ideal the modules cannot take: count what is kept)
+        return _params(work), _macs(work, example_input)

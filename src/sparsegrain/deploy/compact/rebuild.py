@@ -9,11 +9,15 @@ compacted file is ``shrink_`` on a freshly built model followed by ``load_state_
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...core.errors import ConfigError
-from ...core.fx import CONVS, NORMS
+from ...core.fx import CONVS
+from ...graph import is_conv1d_transposed
 from .plan import LayerChannels
 
 CHANNELS_LAST = torch.channels_last
@@ -30,57 +34,100 @@ def _index(idx: list[int] | None, size: int, what: str) -> torch.Tensor:
 
 def _resized(name: str, m: nn.Module, spec: LayerChannels) -> nn.Module:
     kind = type(m)
-    fk = {"device": m.weight.device}
-    if kind in CONVS and m.groups != 1:
+    depthwise = isinstance(m, CONVS) and m.groups == m.in_channels == m.out_channels
+    if isinstance(m, CONVS) and m.groups != 1 and not depthwise:
         raise ConfigError(f"layer '{name}': grouped convs are not resized")
-    if kind in CONVS and spec.kind == "conv":
+    if isinstance(m, CONVS) and spec.kind == "conv":
         out = _index(spec.out, m.out_channels, f"layer '{name}' out")
-        inp = _index(spec.inp, m.in_channels, f"layer '{name}' in")
-        new = kind(
-            len(inp), len(out), m.kernel_size, stride=m.stride, padding=m.padding,
-            dilation=m.dilation, groups=m.groups, bias=spec.bias, padding_mode=m.padding_mode,
-            dtype=m.weight.dtype, **fk,
-        )  # fmt: skip
-    elif kind is nn.Linear and spec.kind == "linear":
+        inp = out if depthwise else _index(spec.inp, m.in_channels, f"layer '{name}' in")
+        new = copy.copy(m)  # same class and attributes; new parameters below
+        new._parameters = dict(m._parameters)
+        new.in_channels, new.out_channels = len(inp), len(out)
+        new.groups = len(out) if depthwise else 1
+        w = m.weight.detach()[out] if depthwise else m.weight.detach()[out][:, inp]
+        new.weight = nn.Parameter(w.clone(), requires_grad=m.weight.requires_grad)
+        if spec.bias:
+            b = m.bias.detach()[out].clone() if m.bias is not None else w.new_zeros(len(out))
+            new.bias = nn.Parameter(b)
+        else:
+            new.bias = None
+        _keep_layout(m, new)
+        return new
+    elif is_conv1d_transposed(m) and spec.kind == "linear":
+        out = _index(spec.out, m.weight.shape[1], f"layer '{name}' out")
+        inp = _index(spec.inp, m.weight.shape[0], f"layer '{name}' in")
+        new = copy.copy(m)
+        new._parameters = dict(m._parameters)
+        new.nf = len(out)
+        new.weight = nn.Parameter(m.weight.detach()[inp][:, out].clone())
+        b = m.bias.detach()[out].clone() if m.bias is not None else m.weight.new_zeros(len(out))
+        new.bias = nn.Parameter(b)
+        return new
+    elif isinstance(m, nn.Linear) and spec.kind == "linear":
         out = _index(spec.out, m.out_features, f"layer '{name}' out")
         inp = _index(spec.inp, m.in_features, f"layer '{name}' in")
-        new = nn.Linear(len(inp), len(out), bias=spec.bias, dtype=m.weight.dtype, **fk)
-    elif kind in NORMS and spec.kind == "norm":
+        new = copy.copy(m)
+        new._parameters = dict(m._parameters)
+        new.in_features, new.out_features = len(inp), len(out)
+        new.weight = nn.Parameter(m.weight.detach()[out][:, inp].clone())
+        if spec.bias:
+            b = m.bias.detach()[out].clone() if m.bias is not None else m.weight.new_zeros(len(out))
+            new.bias = nn.Parameter(b)
+        else:
+            new.bias = None
+        return new
+    elif isinstance(m, _BatchNorm) and spec.kind == "norm":
         return _resized_norm(name, m, spec)
     else:
         raise ConfigError(f"layer '{name}': a {kind.__name__} cannot be resized as '{spec.kind}'")
-    with torch.no_grad():
-        new.weight.copy_(m.weight.detach()[out][:, inp])
-        if new.bias is not None:
-            new.bias.copy_(m.bias.detach()[out] if m.bias is not None else 0)
+    raise AssertionError("unreachable")
+
+
+def _keep_layout(m: nn.Module, new: nn.Module) -> None:
     w = m.weight
     if w.dim() == 4 and not w.is_contiguous() and w.is_contiguous(memory_format=CHANNELS_LAST):
         new.weight.data = new.weight.data.contiguous(memory_format=CHANNELS_LAST)
-    new.train(m.training)
-    return new
 
 
 def _resized_norm(name: str, m: nn.Module, spec: LayerChannels) -> nn.Module:
+    """A copy of the BatchNorm (its class, subclasses such as timm's ``BatchNormAct2d``
+    included, and every attribute) with the kept channels of its tensors."""
     keep = _index(spec.out, m.num_features, f"norm '{name}'")
-    dtype = next((t.dtype for t in (m.weight, m.running_mean) if t is not None), None)
-    new = type(m)(
-        len(keep), eps=m.eps, momentum=m.momentum, affine=m.affine,
-        track_running_stats=m.track_running_stats, dtype=dtype,
-    )  # fmt: skip
-    with torch.no_grad():
-        for key in ("weight", "bias", "running_mean", "running_var"):
-            src = getattr(m, key)
-            if src is not None:
-                getattr(new, key).copy_(src.detach()[keep])
-        if m.num_batches_tracked is not None:
-            new.num_batches_tracked.copy_(m.num_batches_tracked)
-    new.train(m.training)
+    new = copy.copy(m)
+    new._parameters, new._buffers = dict(m._parameters), dict(m._buffers)
+    new.num_features = len(keep)
+    for key in ("weight", "bias"):
+        if getattr(m, key, None) is not None:
+            setattr(new, key, nn.Parameter(getattr(m, key).detach()[keep].clone()))
+    for key in ("running_mean", "running_var"):
+        if getattr(m, key, None) is not None:
+            new._buffers[key] = getattr(m, key).detach()[keep].clone()
     return new
+
+
+def _resized_param(name: str, model: nn.Module, spec: LayerChannels) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    owner = model.get_submodule(parent_name) if parent_name else model
+    t = getattr(owner, attr)
+    keep = _index(spec.out, t.shape[spec.axis], f"tensor '{name}'")
+    sliced = t.detach().index_select(spec.axis, keep.to(t.device)).clone()
+    if isinstance(t, nn.Parameter):
+        setattr(owner, attr, nn.Parameter(sliced, requires_grad=t.requires_grad))
+    else:
+        owner._buffers[attr] = sliced
 
 
 def shrink_(model: nn.Module, layers: dict[str, LayerChannels]) -> nn.Module:
     """Replace every module named in ``layers`` by its resized copy; returns ``model``."""
     for name, spec in layers.items():
+        if spec.kind == "param":
+            try:
+                _resized_param(name, model, spec)
+            except AttributeError:
+                raise ConfigError(
+                    f"tensor '{name}' is not in this model; wrong architecture?"
+                ) from None
+            continue
         try:
             m = model.get_submodule(name)
         except AttributeError:
