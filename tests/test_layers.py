@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent / "src" / "sparsegrain"
 # packages of one layer do not import each other.
 LAYERS = [
     {"core"},
-    {"structures"},
+    {"structures", "graph"},
     {"methods", "models", "data"},
     {"recipe"},
     {"sparsity"},

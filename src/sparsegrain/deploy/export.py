@@ -6,8 +6,10 @@ Formats:
 - ``safetensors``: with ``--compact``, the compacted weights and their architecture description
   (``sparsegrain.compact.save_compact``; load with ``load_compact``); without it, the masked
   weights as a plain ``state_dict`` (the run's ``model.safetensors``, re-checked).
-- ``onnx``: the (compacted) model through ``torch.onnx.export``, verified with onnxruntime;
-  needs the ``onnx`` extra (``pip install 'sparsegrain[onnx]'``).
+- ``onnx``: the (compacted) model through ``sparsegrain.deploy.onnx.export_onnx`` (the dynamo
+  exporter, TorchScript where dynamo fails; the record's ``onnx`` entry says which), verified
+  with onnxruntime before the file is written; needs the ``onnx`` extra
+  (``pip install 'sparsegrain[onnx]'``).
 - ``compressed``: ``sparsegrain.deploy.compressed.write_compressed`` with each layer's structure
   from the run's ``summary.json`` (not with ``--compact``: the structures describe the masked
   shapes).
@@ -18,7 +20,6 @@ absolute difference to the masked model's outputs.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from torch import nn
 
 from ..analysis.storage import BitWidths
 from ..core.errors import ConfigError
-from ..core.io import atomic_file, load_tensors, save_tensors
+from ..core.io import load_tensors, save_tensors
 from ..data.catalog import build_data
 from ..models import create_model
 from ..recipe.build import build_model
@@ -36,9 +37,14 @@ from ..runs.records import check_output, layer_structures
 from . import compressed
 from .compact import compact as compact_model
 from .compact import load_compact, save_compact
+from .onnx import export_onnx, flatten_outputs, onnxruntime_module, output_diffs
+
+__all__ = ["FORMATS", "export_onnx", "export_run", "load_run", "run_structures"]
 
 FORMATS = ("safetensors", "onnx", "compressed")
 CHECK_BATCH = 8  # test images the checks run on
+# what an ONNX export's record keeps of ``export_onnx``'s result
+ONNX_FACTS = ("exporter", "fallback", "opset", "input_names", "input_shapes", "output_names")
 
 
 def load_run(run: str | Path) -> tuple[nn.Module, dict[str, Any], torch.Tensor, Path]:
@@ -69,43 +75,10 @@ def run_structures(run: str | Path) -> dict[str, str | None]:
 
 
 @torch.no_grad()
-def _diff(model: nn.Module, ref: torch.Tensor, x: torch.Tensor) -> float:
-    return float((model.eval()(x).double() - ref.double()).abs().max())
-
-
-def export_onnx(
-    model: nn.Module, example_input: torch.Tensor, path: str | Path, *, opset: int = 17
-) -> dict[str, Any]:
-    """Write ``model`` (eval mode, batch axis dynamic) to ``path`` as ONNX and run it with
-    onnxruntime on ``example_input``; returns ``{"path", "bytes", "outputs"}``."""
-    ort = _onnxruntime()
-    path = Path(path)
-    with atomic_file(path) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(
-            model.eval(),
-            (example_input,),
-            str(tmp),
-            input_names=["input"],
-            output_names=["output"],
-            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-            opset_version=opset,
-            dynamo=False,
-        )
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (out,) = session.run(None, {"input": example_input.numpy()})
-    return {"path": str(path), "bytes": path.stat().st_size, "outputs": torch.from_numpy(out)}
-
-
-def _onnxruntime():
-    try:
-        import onnx  # noqa: F401  (the exporter needs it)
-        import onnxruntime
-    except ImportError:
-        raise ConfigError(
-            "--format onnx needs the packages onnx and onnxruntime: pip install 'sparsegrain[onnx]'"
-        ) from None
-    return onnxruntime
+def _diff(model: nn.Module, ref: Any, x: torch.Tensor) -> float:
+    """The largest absolute difference over every output tensor (``flatten_outputs`` order)."""
+    diffs = output_diffs(flatten_outputs(model.eval()(x)), flatten_outputs(ref))
+    return max(diffs.values())
 
 
 def export_run(
@@ -120,7 +93,9 @@ def export_run(
 ) -> dict[str, Any]:
     """Export the final model of run directory ``run`` to ``out``; returns what was done:
     ``format``, ``path``, ``bytes``, ``source_bytes``, ``compact`` (the compaction record or
-    ``None``) and ``checks`` (name -> max abs difference to the masked model's outputs).
+    ``None``), ``checks`` (name -> max abs difference to the masked model's outputs) and, for
+    ONNX, ``onnx`` (the exporter used, why dynamo failed if it did, the opset, the input names
+    and shapes, the output names).
 
     Every flag and the output path are checked before the work: ``out`` is never a file the
     export reads or a run's own file unless ``force``."""
@@ -137,7 +112,7 @@ def export_run(
         raise ConfigError(f"--bits: 32 (float32, exact) or 16 (float16, lossy), got {bits}")
 
     if fmt == "onnx":
-        _onnxruntime()  # fail before the work
+        onnxruntime_module()  # fail before the work
     reads = [Path(run) / name for name in (RECIPE, WEIGHTS, SUMMARY)]
     out = check_output(out, reads=reads, force=force)
     structures = run_structures(run) if fmt == "compressed" else None
@@ -156,10 +131,9 @@ def export_run(
     if fmt == "safetensors":
         _write_safetensors(out, exported, result, spec, model, ref, x, record)
     elif fmt == "onnx":
-        res = export_onnx(exported, x, out)
-        record["checks"]["onnxruntime vs masked model"] = float(
-            (res["outputs"].double() - ref.double()).abs().max()
-        )
+        res = export_onnx(exported, x, out, reference=ref)
+        record["onnx"] = {key: res[key] for key in ONNX_FACTS}
+        record["checks"]["onnxruntime vs masked model"] = res["max_abs_diff"]
     else:
         widths = BitWidths(value=bits) if bits is not None else None
         try:
@@ -212,6 +186,10 @@ def _format_record(record: dict[str, Any], source: Path) -> str:
             f"predicted: {w['predicted_bytes']:,} bytes (sparse layers at the storage analysis's "
             f"best encoding + other tensors raw + header); file / predicted = {w['ratio']:.4f}"
         )
+    o = record.get("onnx")
+    if o is not None:
+        why = f" (dynamo failed: {o['fallback']})" if o["fallback"] else ""
+        lines.append(f"exporter: {o['exporter']}{why}, opset {o['opset']}")
     for name, diff in record["checks"].items():
         lines.append(f"check: {name}: max abs diff {diff:.3g}")
     return "\n".join(lines)

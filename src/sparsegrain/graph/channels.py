@@ -42,6 +42,7 @@ from ..core.fx import (
     BINARY_METHODS,
     CONST_POOL_FUNCTIONS,
     CONST_POOLS,
+    HARMLESS_METHODS,
     POINTWISE_FUNCTIONS,
     POINTWISE_METHODS,
     POINTWISE_MODULES,
@@ -118,6 +119,7 @@ class ChannelGraph:
     calls: dict[str, int] = field(default_factory=dict)
     layer_nodes: dict[str, list[Node]] = field(default_factory=dict)
     depthwise: set[str] = field(default_factory=set)
+    pieces: dict[Node, tuple[list[torch.Tensor], Chan]] = field(default_factory=dict)
 
     @property
     def tracer(self) -> str:
@@ -431,7 +433,7 @@ def _move(cg: ChannelGraph, node: Node, x: Node, fn) -> None:
     if isinstance(out, (tuple, list)):
         _opaque(cg, node, f"'{node.name}' not understood")
         return
-    _from_index(cg, node, out, c)
+    _from_index(cg, node, out, c, move=True)
 
 
 def _varying(idx: torch.Tensor) -> list[int]:
@@ -442,11 +444,25 @@ def _varying(idx: torch.Tensor) -> list[int]:
     ]
 
 
-def _from_index(cg, node: Node, out: torch.Tensor, c: Chan, axes: list[int] | None = None):
+def _from_index(
+    cg, node: Node, out: torch.Tensor, c: Chan, axes: list[int] | None = None, move: bool = False
+):
+    """``node``'s variables from ``out``, an index tensor into ``c``'s arrays. A move (view,
+    permute, chunk, slicing, ...) must keep every channel and not split a channel axis:
+    after a removal the op runs on fewer channels, and only a move that carries whole channel
+    axes (permute, flatten with the axes after it) puts each one where it was."""
     if tuple(out.shape) != tuple(node.shape):
         _opaque(cg, node, f"'{node.name}' not understood")
         return
     axes = _varying(out) if axes is None else axes
+    if move and c.var.numel() > 1:
+        kept = out.unique().numel() == c.var.numel()
+        if not kept or len(axes) > len(c.axes):
+            what = "splits the channel axis" if kept else "takes some of the channels"
+            reason = f"'{node.name}' {what} (its sizes would not follow a removal)"
+            cg.pin(c.var, reason)
+            _new(cg, node, (), pinned=reason)
+            return
     comp = out
     for d in range(out.dim()):
         if d not in axes:
@@ -484,7 +500,16 @@ def _cat(cg: ChannelGraph, node: Node) -> None:
 def _function(cg: ChannelGraph, node: Node) -> None:
     fn, x = node.target, _first(node)
     method = node.op == "call_method"
-    if not method and fn in CATS:
+    if (method and fn in HARMLESS_METHODS) or (not method and fn is getattr):
+        return  # x.size(), x.shape, x.dtype: read no values
+    if _is_multi(node) and x is not None:
+        _pieces(cg, node, x)
+    elif not method and fn is operator.getitem and node.args[0] in cg.pieces:
+        idx, c = cg.pieces[node.args[0]]
+        i = node.args[1]
+        if isinstance(i, int) and -len(idx) <= i < len(idx):
+            _from_index(cg, node, idx[i], c, move=True)
+    elif not method and fn in CATS:
         _cat(cg, node)
     elif (method and fn in BINARY_METHODS) or (not method and fn in BINARY):
         _binary(cg, node, BINARY_METHODS[fn] if method else BINARY[fn])
@@ -513,6 +538,31 @@ def _function(cg: ChannelGraph, node: Node) -> None:
         _reduce(cg, node, x)
     else:
         _opaque(cg, node, f"'{node.name}' not understood")
+
+
+MULTI = {"chunk", "split", "unbind", "tensor_split", "split_with_sizes"}
+
+
+def _is_multi(node: Node) -> bool:
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    return node.op in ("call_method", "call_function") and name in MULTI and node.shape is None
+
+
+def _pieces(cg: ChannelGraph, node: Node, x: Node) -> None:
+    """chunk / split / unbind: the index tensor is cut the same way; ``getitem`` takes a piece."""
+    rest = node.args[1:]
+    if any(isinstance(a, Node) for a in rest) or any(
+        isinstance(v, Node) for v in node.kwargs.values()
+    ):
+        cg.pin(_chan(cg, x).var, f"'{node.name}' not understood")
+        return
+    c = _chan(cg, x)
+    idx = torch.arange(c.var.numel()).reshape(c.embedded(len(x.shape))).expand(x.shape)
+    if node.op == "call_method":
+        out = getattr(idx, node.target)(*rest, **node.kwargs)
+    else:
+        out = node.target(idx, *rest, **node.kwargs)
+    cg.pieces[node] = (list(out), c)
 
 
 def _second(node: Node):

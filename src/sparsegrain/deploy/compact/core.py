@@ -203,6 +203,7 @@ def compact(model: nn.Module, example_input, *, tolerance: float = 1e-4) -> Comp
             f"compaction changed the outputs by {diff:.3g} (tolerance {tolerance:g} x scale "
             f"{max(1.0, scale):.3g}); this is a bug in sparsegrain.compact, please report it"
         )
+    params_after, macs_after = _params(work), _macs(work, example_input)
     notes = plan.notes
     for name, texts in head_notes.items():
         notes.setdefault(name, []).extend(texts)
@@ -211,15 +212,15 @@ def compact(model: nn.Module, example_input, *, tolerance: float = 1e-4) -> Comp
         layers=plan.layers,
         notes=notes,
         params_before=params,
-        params_after=_params(work),
+        params_after=params_after,
         macs_before=macs,
-        macs_after=_macs(work, example_input),
+        macs_after=macs_after,
         max_abs_diff=diff,
         sizes_before=sizes,
         bias_added=added,
         tracer=tracer,
-        params_ideal=min(params_ideal, _params(work)),
-        macs_ideal=min(macs_ideal, _macs(work, example_input)),
+        params_ideal=min(params_ideal, params_after),
+        macs_ideal=min(macs_ideal, macs_after),
         heads=heads,
     )
 

@@ -210,6 +210,13 @@ def _notes(cg: ChannelGraph, plan: Plan, pins, keep, blocked) -> None:
         if text not in plan.notes.get(name, []):
             plan.notes.setdefault(name, []).append(text)
 
+    live: dict[int, list[str]] = {}  # channel -> layers writing it with a non-zero filter
+    for name, outs in cg.writers.items():
+        w = layer_weight(cg.modules[name])
+        alive = (w.reshape(w.shape[0], -1) != 0).any(dim=1).tolist()
+        for root, a in zip(cg.roots(outs[0]).tolist(), alive):
+            if a:
+                live.setdefault(root, []).append(name)
     for name, outs in cg.writers.items():
         w = layer_weight(cg.modules[name])
         dead = (w.reshape(w.shape[0], -1) == 0).all(dim=1).tolist()
@@ -230,8 +237,11 @@ def _notes(cg: ChannelGraph, plan: Plan, pins, keep, blocked) -> None:
                     "through zero padding, where no bias is exact (training with "
                     "sparsity.prune_bn makes such BN channels exactly 0)"
                 )
+            elif live.get(root):
+                others = ", ".join(f"'{n}'" for n in live[root][:3])
+                reason = f"the channel is also written by {others}, whose filter is not zero"
             else:
-                reason = "a reader uses it (its writers are not all zero)"
+                reason = "a reader uses it"
             why[reason] = why.get(reason, 0) + 1
         for reason, n in why.items():
             add(name, f"{n} zero filter(s) kept: {reason}")
