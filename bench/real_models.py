@@ -30,9 +30,12 @@ from sparsegrain.deploy.compact import compact
 from sparsegrain.models.external import import_timm, import_torchvision, import_transformers
 
 CNN = {"structure": "filter"}
+
+
 # Transformers: MLP hidden units as neurons, attention heads whole; the residual stream feeds
 # LayerNorms (compaction cannot remove its channels) and is left alone.
-VIT = {"structure": "neuron", "overrides": {"*attn*": {"structure": "head"}}}
+def vit(attention: str) -> dict:
+    return {"structure": "neuron", "overrides": {attention: {"structure": "head"}}}
 
 
 def tv(name, **kw):
@@ -78,12 +81,16 @@ MODELS = {
     "convnext_tiny": (tv("convnext_tiny"), CNN, image),
     "densenet121": (tv("densenet121"), CNN, image),
     "shufflenet_v2_x1_0": (tv("shufflenet_v2_x1_0"), CNN, image),
-    "vit_b_16": (tv("vit_b_16", image_size=64), VIT, image),
+    "vit_b_16": (tv("vit_b_16", image_size=64), vit("*self_attention*"), image),
     "timm:convnext_nano": (timm("convnext_nano"), CNN, image),
     "timm:efficientnet_b0": (timm("efficientnet_b0"), CNN, image),
-    "timm:vit_small_patch16_224": (timm("vit_small_patch16_224", img_size=64), VIT, image),
-    "hf:bert": (hf_bert, VIT, lambda size: tokens),
-    "hf:vit": (hf_vit, VIT, lambda size: image(64)),
+    "timm:vit_small_patch16_224": (
+        timm("vit_small_patch16_224", img_size=64),
+        vit("*attn*"),
+        image,
+    ),
+    "hf:bert": (hf_bert, vit("*attention*"), lambda size: tokens),
+    "hf:vit": (hf_vit, vit("*attention*"), lambda size: image(64)),
 }
 
 

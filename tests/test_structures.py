@@ -323,13 +323,13 @@ def test_expand_broadcasts_group_mask_into_fresh_memory():
 def test_registry_names_aliases_help():
     assert STRUCTURES.names() == [
         "fine", "vector", "kernel", "filter", "channel", "shape",
-        "window", "kernel-quota", "combined", "nm", "block",
+        "window", "kernel-quota", "combined", "nm", "block", "neuron", "head",
     ]  # fmt: skip
     aliases = {
         "unstructured": "fine", "irregular": "fine", "admm-channel": "channel",
         "input-channel": "channel", "column": "shape", "campfire-window": "window",
         "kernel_quota": "kernel-quota", "campfire-channel": "kernel-quota",
-        "campfire-combined": "combined",
+        "campfire-combined": "combined", "mlp-neuron": "neuron", "attention-head": "head",
     }  # fmt: skip
     for alias, name in aliases.items():
         assert parse_structure(alias).name == name
@@ -824,6 +824,9 @@ CONTRACT = {
     "nm:1:8": (True, None, ("nm:1:8",)),
     "block:4x4": (False, "block:4x4", ("block:4x4",)),
     "block:1x2": (False, "block:1x2", ("block:1x2",)),
+    "neuron": (False, "neuron", ("neuron",)),
+    "head:4": (False, "head:4", ("head:4",)),
+    "head:2:cols": (False, "head:2:cols", ("head:2:cols",)),
 }
 
 
@@ -838,7 +841,8 @@ def test_contract_values(spec):
     assert st_.element_granular is element_granular
     assert (None if st_.index_group is None else st_.index_group.spec) == index_group
     assert tuple(level.spec for level in st_.quota_levels) == levels
-    assert st_.whole_filters is (spec == "filter")  # a group is a whole output channel
+    # a group is a whole output channel (neuron: of a Linear-like layer)
+    assert st_.whole_filters is (spec in ("filter", "neuron"))
 
 
 @pytest.mark.parametrize("spec", list(CONTRACT))

@@ -15,7 +15,7 @@ from ..recipe.config import SparsityConfig
 from ..recipe.load import Recipe, load_recipe
 from ..structures import global_sparsities, verify
 from . import bn as bn_prune
-from . import couple, masking
+from . import couple, heads, masking
 from .masking import Layer
 
 
@@ -34,6 +34,7 @@ class Sparsifier:
         steps_per_epoch: int | None = None,
         optimizer: torch.optim.Optimizer | None = None,
         epochs: float | None = None,
+        example_inputs: Any = None,
     ):
         cfg = sparsity_config(cfg)
         method_cls = METHODS.get(cfg.method)
@@ -48,13 +49,17 @@ class Sparsifier:
         self.dist = DistInfo()  # set by the trainer under torchrun: masks are checked across ranks
         self.mask_version = 0  # bumped by every mask recomputation
         self._checked_version = 0
-        self.layers: list[Layer] = masking.select_layers(model, cfg, prunes=method_cls.prunes)
+        self.layers: list[Layer] = masking.select_layers(
+            model, cfg, prunes=method_cls.prunes, example_inputs=example_inputs
+        )
         # Before the method: it may prune at attach (oneshot), with the coupled sets.
-        self.couple_note = couple.assign(self.layers, model, cfg.couple)
+        self.couple_note = couple.assign(self.layers, model, cfg.couple, example_inputs)
         self.method = method_cls(self, cfg.params)
         self.method.attach()
         # After the method: a BatchNorm's masks start in step with the layer's (oneshot).
-        self.bn_note = bn_prune.attach_norms(self.pruned, model, cfg.prune_bn, optimizer)
+        self.bn_note = bn_prune.attach_norms(
+            self.pruned, model, cfg.prune_bn, optimizer, example_inputs
+        )
 
     # -- clock ---------------------------------------------------------------------------------
     @property
@@ -155,9 +160,16 @@ class Sparsifier:
         score: str | None = None,
     ) -> dict[str, torch.Tensor]:
         """The bool masks ``prune_to`` would install for ``tensors`` (one per pruned layer) at
-        these per-layer sparsities: each layer's structure, one filter mask per coupled set;
-        ``score`` overrides the layers' scores."""
-        return couple.masks(self.pruned, tensors, sparsities, score=score)
+        these per-layer sparsities: each layer's structure, one filter mask per coupled set, one
+        head mask per attention module (``heads``); ``score`` overrides the layers' scores."""
+        others = [layer for layer in self.pruned if not layer.block]
+        out = couple.masks(others, tensors, sparsities, score=score)
+        out.update(heads.masks(self.pruned, tensors, sparsities, score=score))
+        return out
+
+    def head_masks(self) -> dict[str, torch.Tensor]:
+        """``(H,)`` bool per attention module pruned with ``head``: the heads kept."""
+        return heads.head_masks(self.pruned, self.masks())
 
     @torch.no_grad()
     def set_masks(self, masks: dict[str, torch.Tensor], clear_optimizer_state: bool = True) -> None:
@@ -208,7 +220,12 @@ class Sparsifier:
             couple_note = couple.note(layer) if layer.structure is not None else ""
             if layer.coupled:
                 row["coupled"] = list(layer.coupled)
-            row["note"] = "; ".join(n for n in (layer.note, bn_note, couple_note) if n)
+            head_note = ""
+            if layer.block and layer.structure is not None:
+                row["attention"] = layer.block
+                head_note = f"heads of '{layer.block}'"
+            notes = (layer.note, bn_note, couple_note, head_note)
+            row["note"] = "; ".join(n for n in notes if n)
             rows.append(row)
         return rows
 
@@ -272,6 +289,7 @@ def sparsify_(
     steps_per_epoch: int | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     epochs: float | None = None,
+    example_inputs: Any = None,
 ) -> Sparsifier:
     """Attach structures and masks to ``model`` in place and return the training-side handle.
 
@@ -282,9 +300,17 @@ def sparsify_(
     ``optimizer`` (optional): its state of pruned entries is cleared whenever masks change.
     ``epochs`` (optional): the run's length, for methods whose defaults depend on it. A structure
     that does not fit a targeted layer is refused with a ``ValueError`` naming the layer.
+    ``example_inputs`` (optional): an input of the model (a tensor, a tuple of positional
+    inputs or a mapping of keyword inputs), run once to find the classifier the default
+    exclusion leaves dense (``masking.classifier_layers``).
     """
     return Sparsifier(
-        model, recipe, steps_per_epoch=steps_per_epoch, optimizer=optimizer, epochs=epochs
+        model,
+        recipe,
+        steps_per_epoch=steps_per_epoch,
+        optimizer=optimizer,
+        epochs=epochs,
+        example_inputs=example_inputs,
     )
 
 
@@ -328,9 +354,10 @@ def finalize_(model: nn.Module) -> nn.Module:
             continue
         _own_class(module)
         for name, plist in list(module.parametrizations.items()):
-            # Every weight, as always; other tensors (a BatchNorm's bias) where sparsegrain
-            # masked them, leaving a user's own parametrizations of them alone.
-            if name == "weight" or isinstance(plist[0], masking.Mask):
+            # Every weight (an attention module's fused in_proj_weight too), as always; other
+            # tensors (a BatchNorm's bias) where sparsegrain masked them, leaving a user's own
+            # parametrizations of them alone.
+            if name in ("weight", "in_proj_weight") or isinstance(plist[0], masking.Mask):
                 parametrize.remove_parametrizations(module, name, leave_parametrized=True)
                 masking.positive_zeros_(getattr(module, name))
     return model

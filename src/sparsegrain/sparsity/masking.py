@@ -11,6 +11,19 @@ A layer may carry a ``Norm``: the BatchNorm that reads its output directly (``bn
 it). Its ``weight`` and ``bias`` get the same kind of mask, one entry per channel, and
 ``set_mask`` keeps it in step with the layer's filters: channel ``k`` is dropped exactly when
 every weight of filter ``k`` is, with the same zeroing of parameters and optimizer state.
+
+Candidates are Conv1d/Conv2d and Linear modules, Hugging Face ``Conv1D`` (type ``linear``; its
+weight is stored ``(in, out)``, so its structure is wrapped in ``structures.Transposed`` and
+groups keep their meaning on the ``(out, in)`` view) and the fused ``in_proj_weight`` of an
+``nn.MultiheadAttention`` (type ``linear``, named ``<module>.in_proj_weight``: a Parameter of the
+attention module, not of a Linear). The ``head`` structure is bound here to the projections of
+the attention modules ``attention.find_attention`` finds (``Layer.block``).
+
+Tied weights: when one Parameter is held by several modules (GPT-2's ``lm_head.weight`` is
+``transformer.wte.weight``), the first pruned candidate holding it owns it: the same mask (the
+same parametrization object) is attached to every other holder (``Layer.ties``), so the shared
+tensor is masked the same way wherever it is used, trained through that mask, and baked once; a
+later candidate holding it is left dense, with a note naming the owner.
 """
 
 from __future__ import annotations
@@ -24,7 +37,8 @@ from torch.nn.utils import parametrize
 
 from ..core.errors import ConfigError
 from ..recipe.config import SparsityConfig
-from ..structures import Structure, parse_structure
+from ..structures import Head, Structure, Transposed, parse_structure
+from .attention import AttentionBlock, Part, find_attention, is_conv1d
 
 LAYER_TYPES = {"conv": (nn.Conv1d, nn.Conv2d), "linear": (nn.Linear,)}
 
@@ -56,18 +70,26 @@ class Layer:
     norm_note: str = ""  # why no BatchNorm is masked with this layer, where that needs saying
     coupled: tuple[str, ...] = ()  # the coupled set it shares one filter mask with (``couple``)
     couple_note: str = ""  # why it is not coupled, where that needs saying
+    tensor: str = "weight"  # the masked tensor's name on ``module`` (MHA: ``in_proj_weight``)
+    block: str = ""  # the attention module whose head mask it follows (``head`` structure)
+    ties: tuple[tuple[str, nn.Module, str], ...] = ()  # other holders of its Parameter
 
     @property
     def weight(self) -> torch.Tensor:
-        """The effective weight (mask applied when one is attached)."""
-        return self.module.weight
+        """The effective weight (mask applied when one is attached), as stored."""
+        return getattr(self.module, self.tensor)
 
     @property
     def param(self) -> nn.Parameter:
         """The trainable Parameter the optimizer holds."""
-        if parametrize.is_parametrized(self.module, "weight"):
-            return self.module.parametrizations.weight.original
-        return self.module.weight
+        if parametrize.is_parametrized(self.module, self.tensor):
+            return self.module.parametrizations[self.tensor].original
+        return getattr(self.module, self.tensor)
+
+    @property
+    def transposed(self) -> bool:
+        """Whether the weight is stored ``(in, out)`` (Hugging Face ``Conv1D``)."""
+        return is_conv1d(self.module)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -87,25 +109,177 @@ def _matches_any(pattern: str, names) -> bool:
     return any(fnmatch.fnmatchcase(n, pattern) for n in names)
 
 
-def candidate_layers(model: nn.Module, types=("conv", "linear")) -> list[tuple[str, nn.Module]]:
+def is_candidate(module: nn.Module, types=("conv", "linear")) -> bool:
+    """Whether ``module``'s ``weight`` is a candidate of these layer types."""
     classes = tuple(c for t in types for c in LAYER_TYPES[t])
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, classes)]
+    return isinstance(module, classes) or ("linear" in types and is_conv1d(module))
 
 
-def default_exclude(model: nn.Module) -> list[str]:
-    """The first conv and the classifier (the last Linear, else the last conv): left dense by
-    default, as in Campfire, Mao et al. and StructADMM, since they hold few weights and much
-    accuracy."""
-    layers = candidate_layers(model)
-    convs = [n for n, m in layers if isinstance(m, LAYER_TYPES["conv"])]
-    linears = [n for n, m in layers if isinstance(m, nn.Linear)]
+def candidate_layers(model: nn.Module, types=("conv", "linear")) -> list[tuple[str, nn.Module]]:
+    """The modules whose ``weight`` is a candidate (Conv, Linear, Hugging Face Conv1D)."""
+    return [(n, m) for n, m in model.named_modules() if is_candidate(m, types)]
+
+
+def candidate_tensors(
+    model: nn.Module, types=("conv", "linear")
+) -> list[tuple[str, nn.Module, str]]:
+    """``(layer name, module, tensor name)`` of every candidate in model order: the modules of
+    ``candidate_layers`` (tensor ``weight``) and, for type ``linear``, the fused
+    ``in_proj_weight`` of every ``nn.MultiheadAttention`` (named ``<module>.in_proj_weight``)."""
+    out = []
+    for n, m in model.named_modules():
+        if is_candidate(m, types):
+            out.append((n, m, "weight"))
+        elif (
+            "linear" in types
+            and isinstance(m, nn.MultiheadAttention)
+            and isinstance(m.in_proj_weight, nn.Parameter)
+        ):
+            out.append((f"{n}.in_proj_weight" if n else "in_proj_weight", m, "in_proj_weight"))
+    return out
+
+
+def default_exclude(model: nn.Module, example_inputs=None) -> list[str]:
+    """The first conv and the classifier (``classifier_layers``): left dense by default, as in
+    Campfire, Mao et al. and StructADMM, since they hold few weights and much accuracy."""
+    convs = [n for n, m in candidate_layers(model, ("conv",))]
     out = convs[:1]
-    last = linears[-1:] or convs[-1:]
-    return out + [n for n in last if n not in out]
+    return out + [n for n in classifier_layers(model, example_inputs) if n not in out]
 
 
-def _resolve_structure(name: str, shape, spec: str, fallback: str) -> tuple[Structure | None, str]:
-    structure = parse_structure(spec)
+def classifier_layers(model: nn.Module, example_inputs=None) -> list[str]:
+    """The layers that write the model's output, by the first rule that finds any:
+
+    1. with ``example_inputs`` (a tensor, a tuple of positional inputs or a mapping of keyword
+       inputs): the candidate layers whose output tensor the model returns (itself, or inside the
+       tuple/list/mapping it returns, as Hugging Face's ``logits``), else the last one called;
+    2. the head the model declares: Hugging Face ``get_output_embeddings()`` (a language model's
+       ``lm_head``), timm ``get_classifier()``; a module holding several candidates gives its
+       last one;
+    3. a Hugging Face model (one with ``dummy_inputs``): rule 1's first part on its own dummy
+       inputs (``BertForSequenceClassification``: ``classifier``, never ``bert.pooler.dense``);
+    4. the last Linear in module order, else the last conv (every model of the zoo).
+
+    A run (rules 1 and 3) is done in eval mode without gradients; training flags are restored.
+    """
+    if example_inputs is not None:
+        found, called = _output_layers(model, example_inputs)
+        if found or called:
+            return found or called[-1:]
+    declared = _declared_head(model)
+    if declared:
+        return declared
+    dummy = _dummy_inputs(model)
+    if dummy is not None:
+        try:
+            found, _ = _output_layers(model, dummy)
+        except Exception:  # noqa: BLE001 (a model whose dummy inputs do not fit: next rule)
+            found = []
+        if found:
+            return found
+    layers = candidate_layers(model)
+    linears = [n for n, m in layers if isinstance(m, nn.Linear)]
+    convs = [n for n, m in layers if isinstance(m, LAYER_TYPES["conv"])]
+    return linears[-1:] or convs[-1:]
+
+
+def _declared_head(model: nn.Module) -> list[str]:
+    names = {id(m): n for n, m in model.named_modules()}
+    for attr in ("get_output_embeddings", "get_classifier"):
+        fn = getattr(model, attr, None)
+        if not callable(fn):
+            continue
+        try:
+            head = fn()
+        except Exception:  # noqa: BLE001 (HF backbones raise NotImplementedError here)
+            continue
+        if not isinstance(head, nn.Module) or id(head) not in names:
+            continue
+        if is_candidate(head):
+            return [names[id(head)]]
+        inside = [n for n, m in head.named_modules() if is_candidate(m)]
+        if inside:
+            return [_join(names[id(head)], inside[-1])]
+    return []
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}.{b}" if a and b else a or b
+
+
+def _dummy_inputs(model: nn.Module):
+    if not isinstance(getattr(type(model), "dummy_inputs", None), property):
+        return None
+    try:
+        dummy = model.dummy_inputs
+    except Exception:  # noqa: BLE001 (a model without dummy inputs of its own)
+        return None
+    return dummy if isinstance(dummy, dict) and dummy else None
+
+
+@torch.no_grad()
+def _output_layers(model: nn.Module, inputs) -> tuple[list[str], list[str]]:
+    """``(candidate layers whose output the model returns, candidate layers in call order)`` in a
+    run on ``inputs`` (eval mode, no gradients, training flags restored)."""
+    outputs: dict[int, str] = {}
+    called: list[str] = []
+    keep: list[torch.Tensor] = []  # holds the outputs so their ids stay theirs during the run
+
+    def hook_for(name):
+        def hook(_m, _args, out):
+            if isinstance(out, torch.Tensor):
+                keep.append(out)
+                outputs[id(out)] = name
+                called.append(name)
+
+        return hook
+
+    flags = {m: m.training for m in model.modules()}
+    handles = [m.register_forward_hook(hook_for(n)) for n, m in candidate_layers(model)]
+    try:
+        model.eval()
+        if isinstance(inputs, dict):
+            result = model(**inputs)
+        elif isinstance(inputs, tuple):
+            result = model(*inputs)
+        else:
+            result = model(inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in flags.items():
+            m.training = flag
+    found = [outputs[id(t)] for t in _tensors(result) if id(t) in outputs]
+    return list(dict.fromkeys(found)), called
+
+
+def _tensors(obj) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensors(v)]
+    if isinstance(obj, (tuple, list)):
+        return [t for v in obj for t in _tensors(v)]
+    return []
+
+
+def _bind(structure: Structure, part: Part | None, block: AttentionBlock | None, transposed: bool):
+    """The structure as it applies to one stored tensor: ``head`` bound to the tensor's role in
+    its attention module, everything wrapped in ``Transposed`` for a weight stored (in, out)."""
+    if isinstance(structure, Head) and part is not None:
+        if structure.heads not in (0, block.num_heads):
+            raise ConfigError(
+                f"structure {structure.spec}: attention module '{block.name}' has "
+                f"{block.num_heads} heads; write 'head' (the number is read from the module)"
+            )
+        structure = Head(block.num_heads, part.kind)
+    return Transposed(structure) if transposed else structure
+
+
+def _resolve_structure(
+    name: str, shape, spec: str, fallback: str, bind=lambda st: st
+) -> tuple[Structure | None, str]:
+    structure = bind(parse_structure(spec))
     reason = structure.fits(shape)
     if reason is None:
         return structure, ""
@@ -116,37 +290,41 @@ def _resolve_structure(name: str, shape, spec: str, fallback: str) -> tuple[Stru
         )
     if fallback == "dense":
         return None, f"left dense: {reason}"
-    alt = parse_structure(fallback)
+    alt = bind(parse_structure(fallback))
     alt_reason = alt.fits(shape)
     if alt_reason is not None:
         raise ConfigError(f"layer '{name}' {list(shape)}: {reason}, and fallback {alt_reason}")
     return alt, f"fallback {alt.spec}: {reason}"
 
 
-def select_layers(model: nn.Module, cfg: SparsityConfig, *, prunes: bool = True) -> list[Layer]:
+def select_layers(
+    model: nn.Module, cfg: SparsityConfig, *, prunes: bool = True, example_inputs=None
+) -> list[Layer]:
     """Resolve include/exclude/types/overrides/fallback into the list of targeted layers.
 
-    Patterns are shell-style globs on module names (``layer1.*``, ``*.conv2``); overrides apply in
-    the order written, later ones winning. A pattern (of ``include``, ``exclude`` or
-    ``overrides``) that matches no candidate layer is refused: it is a typo or another model's;
-    so is an override that matches only layers left out by ``include``/``exclude`` (it would
-    change nothing), and an override ``initial`` above the target of a layer it applies to.
-    ``prunes=False`` (a method that prunes nothing, the dense baseline): every layer is left
-    dense, with the note "dense run" where it was selected.
+    Patterns are shell-style globs on layer names (``layer1.*``, ``*.conv2``,
+    ``*.in_proj_weight``); overrides apply in the order written, later ones winning. A pattern
+    (of ``include``, ``exclude`` or ``overrides``) that matches no candidate layer is refused:
+    it is a typo or another model's; so is an override that matches only layers left out by
+    ``include``/``exclude`` (it would change nothing), and an override ``initial`` above the
+    target of a layer it applies to. ``prunes=False`` (a method that prunes nothing, the dense
+    baseline): every layer is left dense, with the note "dense run" where it was selected.
+    ``example_inputs``: an input of the model, for finding its classifier (``classifier_layers``).
+    A layer whose Parameter another module holds too is masked with it (module doc: tied weights).
     """
     for t in cfg.types:
         if t not in LAYER_TYPES:
             raise ConfigError(f"sparsity.types: unknown '{t}'; choose from: conv, linear")
-    exclude = default_exclude(model) if cfg.exclude is None else cfg.exclude
-    candidates = candidate_layers(model, cfg.types)
-    names = [n for n, _ in candidates]
+    exclude = default_exclude(model, example_inputs) if cfg.exclude is None else cfg.exclude
+    candidates = candidate_tensors(model, cfg.types)
+    names = [n for n, _, _ in candidates]
     for pattern in cfg.overrides:
         if not _matches_any(pattern, names):
             raise ConfigError(
                 f"sparsity.overrides: pattern '{pattern}' matches no layer; candidates "
                 f"({', '.join(cfg.types)}): {', '.join(names) or 'none'}"
             )
-    every = [n for n, _ in candidate_layers(model)]  # a typo, not a choice of layer types
+    every = [n for n, _, _ in candidate_tensors(model)]  # a typo, not a choice of layer types
     for key, patterns in (("include", cfg.include), ("exclude", cfg.exclude or [])):
         for pattern in patterns:
             if not _matches_any(pattern, every):
@@ -154,9 +332,10 @@ def select_layers(model: nn.Module, cfg: SparsityConfig, *, prunes: bool = True)
                     f"sparsity.{key}: pattern '{pattern}' matches no layer; candidates "
                     f"(conv, linear): {', '.join(every) or 'none'}"
                 )
+    parts = {p.layer: (b, p) for b in find_attention(model) for p in b.parts}
     layers = []
     selected: set[str] = set()  # the override patterns that match a layer that is pruned
-    for name, module in candidates:
+    for name, module, tensor in candidates:
         skip = ""
         if cfg.include and not _matches(name, cfg.include):
             skip = "not in sparsity.include"
@@ -167,7 +346,8 @@ def select_layers(model: nn.Module, cfg: SparsityConfig, *, prunes: bool = True)
                 else " by sparsity.exclude"
             )
         if skip or not prunes:
-            layers.append(Layer(name, module, None, 0.0, 0.0, cfg.score, skip or "dense run"))
+            note = skip or "dense run"
+            layers.append(Layer(name, module, None, 0.0, 0.0, cfg.score, note, tensor=tensor))
             continue
         applied = [p for p in cfg.overrides if fnmatch.fnmatchcase(name, p)]
         keys = {
@@ -186,11 +366,19 @@ def select_layers(model: nn.Module, cfg: SparsityConfig, *, prunes: bool = True)
                 f"(the target of layer '{name}'), got {keys['initial']:g}"
             )
         selected.update(applied)
-        shape = tuple(module.weight.shape)
+        shape = tuple(getattr(module, tensor).shape)
+        block, part = parts.get(name, (None, None))
+
+        def bind(st, part=part, block=block, module=module):
+            return _bind(st, part, block, is_conv1d(module))
+
         if keys["target"] == 0:
             structure, note = None, "left dense: target 0"
         else:
-            structure, note = _resolve_structure(name, shape, keys["structure"], keys["fallback"])
+            structure, note = _resolve_structure(
+                name, shape, keys["structure"], keys["fallback"], bind
+            )
+        head = isinstance(getattr(structure, "inner", structure), Head)
         layers.append(
             Layer(
                 name,
@@ -200,6 +388,8 @@ def select_layers(model: nn.Module, cfg: SparsityConfig, *, prunes: bool = True)
                 min(float(keys["initial"]), float(keys["target"])),
                 keys["score"],
                 note,
+                tensor=tensor,
+                block=block.name if head and block is not None else "",
             )
         )
     for pattern in cfg.overrides:
@@ -211,12 +401,50 @@ def select_layers(model: nn.Module, cfg: SparsityConfig, *, prunes: bool = True)
                 f"pruned: {', '.join(left)}; change sparsity.include/exclude to prune them, or "
                 "drop the override"
             )
+    _tie(model, layers)
     if prunes and all(layer.structure is None for layer in layers) and cfg.target > 0:
         raise ConfigError(
             "sparsity: no layer selected to prune (include/exclude/types leave nothing); "
-            f"candidates: {', '.join(n for n, _ in candidate_layers(model))}"
+            f"candidates: {', '.join(n for n, _, _ in candidate_tensors(model))}"
         )
     return layers
+
+
+def _tie(model: nn.Module, layers: list[Layer]) -> None:
+    """Give every pruned layer the other holders of its Parameter (``Layer.ties``); a later
+    pruned layer holding a Parameter already owned is left dense, masked with the owner."""
+    holders: dict[int, list[tuple[str, nn.Module, str]]] = {}
+    seen: set[tuple[int, str]] = set()
+    for mname, m in model.named_modules(remove_duplicate=False):
+        for pname, p in m._parameters.items():
+            if p is not None and (id(m), pname) not in seen:
+                seen.add((id(m), pname))
+                holders.setdefault(id(p), []).append((_join(mname, pname), m, pname))
+    owners: dict[int, Layer] = {}
+    for layer in layers:
+        if layer.structure is None:
+            continue
+        key = id(layer.param)
+        owner = owners.get(key)
+        if owner is not None:
+            layer.structure, layer.block = None, ""
+            layer.note = f"no structure of its own: tied to '{owner.name}' (one Parameter)"
+            continue
+        owners[key] = layer
+        others = tuple(
+            h for h in holders.get(key, []) if not (h[1] is layer.module and h[2] == layer.tensor)
+        )
+        if others:
+            layer.ties = others
+            tied = ", ".join(h[0] for h in others)
+            layer.note = "; ".join(n for n in (layer.note, f"tied with {tied}: one mask") if n)
+    for layer in layers:
+        owner = owners.get(id(layer.param))
+        if owner is None or owner is layer or "tied to" in layer.note:
+            continue
+        layer.note = "; ".join(
+            n for n in (layer.note, f"masked with '{owner.name}' (tied Parameter)") if n
+        )
 
 
 class Mask(nn.Module):
@@ -231,19 +459,23 @@ class Mask(nn.Module):
 
 
 def attach(layer: Layer, param: nn.Module | None = None) -> nn.Module:
-    """Attach a parametrization (default: an all-ones ``Mask``) to the layer's weight."""
+    """Attach a parametrization (default: an all-ones ``Mask``) to the layer's weight, and the
+    same object to every other holder of its Parameter (``Layer.ties``)."""
     module = layer.module
-    if parametrize.is_parametrized(module, "weight"):
-        raise ConfigError(f"layer '{layer.name}' already has a parametrized weight")
-    param = Mask(module.weight) if param is None else param
-    parametrize.register_parametrization(module, "weight", param)
+    for where, m, t in ((layer.name, module, layer.tensor), *layer.ties):
+        if parametrize.is_parametrized(m, t):
+            raise ConfigError(f"layer '{where}' already has a parametrized {t}")
+    param = Mask(layer.weight) if param is None else param
+    parametrize.register_parametrization(module, layer.tensor, param)
+    for _, m, t in layer.ties:
+        parametrize.register_parametrization(m, t, param)
     return param
 
 
 def parametrization(layer: Layer) -> nn.Module | None:
-    if not parametrize.is_parametrized(layer.module, "weight"):
+    if not parametrize.is_parametrized(layer.module, layer.tensor):
         return None
-    return layer.module.parametrizations.weight[0]
+    return layer.module.parametrizations[layer.tensor][0]
 
 
 @torch.no_grad()
@@ -319,9 +551,10 @@ def clear_optimizer_state(optimizer, param: torch.Tensor, keep: torch.Tensor) ->
 def remove(layer: Layer) -> None:
     """Bake the parametrized weight (and the BatchNorm's, where one is masked with the layer)
     into plain Parameters and drop the parametrizations."""
-    if parametrize.is_parametrized(layer.module, "weight"):
-        parametrize.remove_parametrizations(layer.module, "weight", leave_parametrized=True)
-        positive_zeros_(layer.module.weight)
+    for m, t in ((layer.module, layer.tensor), *((m, t) for _, m, t in layer.ties)):
+        if parametrize.is_parametrized(m, t):
+            parametrize.remove_parametrizations(m, t, leave_parametrized=True)
+            positive_zeros_(getattr(m, t))
     if layer.norm is not None:
         remove_norm(layer.norm)
 

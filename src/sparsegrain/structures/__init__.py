@@ -15,7 +15,7 @@ Selection rules, exactly:
   target grows; the masks of higher targets are subsets of those of lower ones.
 """
 
-from .catalog import Channel, Filter, Fine, Kernel, KernelQuota, Shape, Vector, Window
+from .catalog import Channel, Filter, Fine, Kernel, KernelQuota, Neuron, Shape, Vector, Window
 from .core import (
     SCORES,
     Score,
@@ -29,9 +29,11 @@ from .core import (
     select_top,
     shape_4d,
 )
+from .heads import Head
 from .names import STRUCTURES, describe, parse_structure
 from .parametric import NM, Block, Combined
 from .select import global_sparsities, group_scores
+from .transposed import Transposed
 from .verify import sparsity, verify
 
 __all__ = [
@@ -43,11 +45,14 @@ __all__ = [
     "Combined",
     "Filter",
     "Fine",
+    "Head",
     "Kernel",
     "KernelQuota",
+    "Neuron",
     "Score",
     "Shape",
     "Structure",
+    "Transposed",
     "Vector",
     "Window",
     "as_4d",

@@ -252,3 +252,38 @@ class KernelQuota(Structure):
 
     def domain_label(self, d: int, shape4: Shape4) -> str:
         return f"filter {d}"
+
+
+@dataclass(frozen=True)
+class Neuron(Structure):
+    """neuron: one hidden unit of an MLP, i.e. one output row W[k,:] of its first projection
+    (fc1, pwconv1, intermediate.dense) with its bias; domain the layer.
+
+    The group is a whole output channel (as ``filter``, but only for Linear-like weights: a
+    Linear, a Hugging Face Conv1D seen as (out, in), or a 1x1 conv), so a dropped neuron is a
+    zero row that compaction removes together with the second projection's input column."""
+
+    name = "neuron"
+    group = "one MLP hidden unit: the output row W[k,:] of a Linear-like first projection"
+    whole_filters = True
+
+    def _fits4(self, shape4: Shape4) -> str | None:
+        k, _, r, s = shape4
+        if r * s != 1:
+            return f"neuron needs a Linear-like weight (K, C) or a 1x1 conv, got kernel {r}x{s}"
+        if k < 2:
+            return f"neuron needs K > 1 (more than one hidden unit), got K={k}"
+        return None
+
+    def layout(self, shape4: Shape4) -> tuple[int, int, int]:
+        k, c, r, s = shape4
+        return (1, k, c * r * s)
+
+    def group_view(self, w4: Tensor) -> Tensor:
+        return w4.reshape(1, w4.shape[0], -1)
+
+    def from_group_view(self, t: Tensor, shape4: Sequence[int]) -> Tensor:
+        return t.reshape(self._check_view(t, shape4))
+
+    def group_label(self, d: int, g: int, shape4: Shape4) -> str:
+        return f"neuron {g}"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from ..core.errors import ConfigError
 from ..core.registry import Registry
-from .catalog import Channel, Filter, Fine, Kernel, KernelQuota, Shape, Vector, Window
+from .catalog import Channel, Filter, Fine, Kernel, KernelQuota, Neuron, Shape, Vector, Window
 from .core import Structure
+from .heads import Head
 from .parametric import NM, Block, Combined
 
 _TABLE: tuple[tuple[type[Structure], tuple[str, ...], str], ...] = (
@@ -26,6 +27,10 @@ _TABLE: tuple[tuple[type[Structure], tuple[str, ...], str], ...] = (
      "kernel-quota, then window inside the surviving kernels; combined:SPLIT (Campfire)"),
     (NM, (), "nm:N:M; group one element; domain M consecutive elements of a (K, C*R*S) row"),
     (Block, (), "block:B1xB2; group a B1 x B2 tile of the (K, C*R*S) GEMM view; domain the layer"),
+    (Neuron, ("mlp-neuron",),
+     "group one MLP hidden unit (a Linear-like layer's output row); domain the layer"),
+    (Head, ("attention-head",),
+     "group one attention head (q, k, v rows and output columns); domain the attention module"),
 )  # fmt: skip
 
 STRUCTURES = Registry("structure")

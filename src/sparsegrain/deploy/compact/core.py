@@ -15,6 +15,7 @@ from ...core.fx import CONVS
 from ...core.tables import format_table
 from ...graph import channel_graph, is_conv1d_transposed
 from ...sparsity.handle import finalize_
+from .heads import compact_heads_
 from .plan import LayerChannels, plan_compaction
 from .rebuild import apply_folds, shrink_
 
@@ -232,10 +233,6 @@ def _untraced(e: Exception) -> str:
 
 def _compact_heads(work: nn.Module) -> tuple[dict[str, list[int]], dict[str, list[str]]]:
     """Remove the attention heads the masks zeroed (``heads.compact_heads_``)."""
-    try:
-        from .heads import compact_heads_
-    except ImportError:
-        return {}, {}
     return compact_heads_(work)
 
 

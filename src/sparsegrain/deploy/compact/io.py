@@ -1,9 +1,10 @@
 """Compacted models on disk without pickle: safetensors + a JSON architecture description.
 
 The description is the original model's zoo spec (``name``, ``num_classes``, ``in_channels``,
-options) plus, per changed layer, the kept output/input channel indices and whether it gained a
-bias. Loading builds the original architecture from the zoo (or takes a fresh instance of it),
-shrinks it with the same indices and loads the tensors strictly: no code runs from the file.
+options) plus the kept heads of every attention module that lost some and, per changed layer (or
+sliced parameter), the kept output/input channel indices and whether it gained a bias. Loading
+builds the original architecture from the zoo (or takes a fresh instance of it), shrinks it with
+the same indices and loads the tensors strictly: no code runs from the file.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ...core.io import load_tensors, save_tensors
 from ...models import create_model
 from ...runs.files import load_model_state
 from .core import CompactResult
+from .heads import apply_heads_
 from .plan import LayerChannels
 from .rebuild import shrink_
 
@@ -40,6 +42,7 @@ def save_compact(
         "version": 1,
         "model": model_spec,
         "layers": {n: s.to_dict() for n, s in result.layers.items()},
+        "heads": result.heads,
         "check": {"max_abs_diff": result.max_abs_diff},
         "params": {"before": result.params_before, "after": result.params_after},
         "macs": {"before": result.macs_before, "after": result.macs_after},
@@ -69,6 +72,10 @@ def load_compact(path: str | Path, model: nn.Module | None = None) -> tuple[nn.M
             **spec,
         )
     layers = {n: LayerChannels.from_dict(d) for n, d in meta.get("layers", {}).items()}
+    heads = meta.get("heads") or {}
+    if not isinstance(heads, dict):
+        raise ConfigError(f"{path}: 'heads' must map attention modules to kept head indices")
+    apply_heads_(model, heads)
     shrink_(model, layers)
     load_model_state(model, tensors, str(path))
     return model.eval(), meta
