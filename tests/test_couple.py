@@ -111,7 +111,8 @@ def test_excluded_or_other_structure_member_uncouples_its_set():
     assert [n for n, l in layers.items() if l.coupled] == STAGES[1]
     notes = {r["name"]: r["note"] for r in sp.report()}
     assert notes["layer1.0.conv2"] == (
-        "not coupled: 'conv1' is not pruned (excluded by default (first conv / classifier))"
+        "left dense: its filters are one channel with 'conv1', which is not pruned (excluded by "
+        "default (first conv / classifier))"
     )
     assert notes["conv1"] == "excluded by default (first conv / classifier)"
     mixed = "not coupled: only 'filter' layers are coupled, the set has filter, kernel"

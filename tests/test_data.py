@@ -736,5 +736,8 @@ def test_validate_accepts_aliases_and_defaults():
 
 def test_list_datasets():
     names = [n for n, _ in list_datasets()]
-    assert names == ["fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic"]
+    assert names == [
+        "fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic",
+        "synthetic-tokens",
+    ]  # fmt: skip
     assert all(h and "\n" not in h for _, h in list_datasets())

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.errors import ConfigError, unknown_name
+from ..core.outputs import logits_of
 from ..core.tables import format_table
 from ..data.catalog import DATASETS, NORMALIZE
 from ..data.loader import seeded_generator
@@ -109,7 +110,7 @@ def top1(model: nn.Module, loader: Iterable, max_batches: int | None = None) -> 
     try:
         for x, y in _batches(loader, max_batches):
             x, y = x.to(device), y.to(device)
-            correct += int((model(x).argmax(1) == y).sum())
+            correct += int((logits_of(model(x)).argmax(1) == y).sum())
             n += len(y)
     finally:
         model.train(was_training)
@@ -152,11 +153,11 @@ def _clamp(delta: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
 def _fgsm(model: nn.Module, x: Tensor, y: Tensor, std: Tensor, lo, hi, eps: float) -> Tensor:
     """Bool ``(B,)``: still correct on the FGSM image."""
     delta = torch.zeros_like(x, requires_grad=True)
-    loss = F.cross_entropy(model(x + delta / std), y, reduction="sum")
+    loss = F.cross_entropy(logits_of(model(x + delta / std)), y, reduction="sum")
     (grad,) = torch.autograd.grad(loss, delta)
     delta = _clamp(eps * grad.sign(), lo, hi)
     with torch.no_grad():
-        return model(x + delta / std).argmax(1) == y
+        return logits_of(model(x + delta / std)).argmax(1) == y
 
 
 def _pgd(
@@ -176,12 +177,12 @@ def _pgd(
     held = torch.ones_like(y, dtype=torch.bool)
     for _ in range(steps):
         delta.requires_grad_(True)
-        out = model(x + delta / std)
+        out = logits_of(model(x + delta / std))
         held &= out.argmax(1) == y
         (grad,) = torch.autograd.grad(F.cross_entropy(out, y, reduction="sum"), delta)
         delta = _clamp(delta.detach() + alpha * grad.sign(), lo, hi)
     with torch.no_grad():
-        held &= model(x + delta / std).argmax(1) == y
+        held &= logits_of(model(x + delta / std)).argmax(1) == y
     return held
 
 
@@ -227,6 +228,11 @@ def attack_accuracy(
     ``(x, y)`` with ``x`` normalized. Returns ``{eps: top1}`` in the order given.
     """
     attack, eps_list = _check_args(attack, epsilons, steps, alpha)
+    if isinstance(getattr(loader, "tokens", None), torch.Tensor):
+        raise ConfigError(
+            "robustness: the attacks move pixels, and this loader yields token ids; "
+            "analyze a text model without --attacks"
+        )
     if mean is None or std is None:
         if mean is not None or std is not None:
             raise ConfigError("pass both mean= and std=, or neither (to read them from the loader)")
@@ -238,6 +244,11 @@ def attack_accuracy(
     n = 0
     with _attack_mode(model):
         for i, (x, y) in enumerate(_batches(loader, max_batches, progress, attack)):
+            if not x.is_floating_point():
+                raise ConfigError(
+                    f"robustness: the attacks move pixels, and the batches hold {x.dtype} "
+                    f"{tuple(x.shape)} inputs (token ids?); give image batches"
+                )
             x, y = x.to(device), y.to(device)
             m, s = _channel_stats(mean, "mean", x), _channel_stats(std, "std", x)
             p = (x * s + m).clamp(0, 1)  # clean pixels; the clamp absorbs round-off only

@@ -8,6 +8,8 @@ the model is evaluated with every other layer untouched, and the weight is put b
 No fine-tuning happens between pruning and evaluation, so the curves measure how much a layer
 tolerates by magnitude alone; they rank layers, they do not predict accuracy after training.
 
+Accuracy is read from the model's logits (``core.outputs.logits_of``: a tensor, or the
+``logits`` of a Hugging Face ``ModelOutput``), so models users bring are scanned the same way.
 Masks are computed on the weight the forward pass sees (a parametrized weight's mask applied).
 A layer the structure does not fit is skipped with a warning and its reason is kept in
 ``Sensitivity.skipped``. Only the model's weights are read, never the method that made them.

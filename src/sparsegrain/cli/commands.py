@@ -173,7 +173,12 @@ def list_names(args) -> int:
 
     what = args.what
     if what == "models":
-        items = list_models()
+        from ..models.external import SOURCES
+
+        # the models users bring, after the zoo (their packages are not imported to list them)
+        prefixed = [tuple(form.split(", ", 1)) for form in SOURCES.values()]
+        prefixed = [(n, f"{h}; pip install 'sparsegrain[models]'") for n, h in prefixed]
+        items = list_models() + prefixed
     elif what == "datasets":
         items = list_datasets()
     else:

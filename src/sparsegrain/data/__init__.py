@@ -4,7 +4,8 @@
 - ``idx``: MNIST / Fashion-MNIST IDX files (raw or gzip);
 - ``cifar``: CIFAR-10/100 python pickles through a restricted unpickler;
 - ``imagefolder``: ImageNet-style class folders decoded with PIL;
-- ``synthetic``: generated images with learnable labels.
+- ``synthetic``: generated images with learnable labels;
+- ``tokens``: generated token sequences with learnable labels, and their loader.
 
 The entry point is ``build_data(DataConfig, seed=...)`` (``catalog``).
 """

@@ -3,7 +3,8 @@
 ``build_data(cfg, seed=..., rank=..., world_size=...)`` returns a ``DataBundle`` with a train and a
 test loader. Both satisfy one Loader protocol:
 
-- ``for x, y in loader``: ``x`` float32 ``(B, C, H, W)`` normalized, ``y`` int64 ``(B,)``;
+- ``for x, y in loader``: ``x`` float32 ``(B, C, H, W)`` normalized, ``y`` int64 ``(B,)``
+  (a token dataset, ``synthetic-tokens``: ``x`` int64 ``(B, L)`` token ids);
 - ``len(loader)``: batches per epoch; ``loader.dataset_size``: samples in the whole split;
   ``loader.num_samples``: samples this rank reads per epoch;
 - ``loader.set_epoch(e)``: order and augmentation of the next pass are a pure function of
@@ -35,8 +36,9 @@ from .idx import read_idx_dataset
 from .imagefolder import IMAGENET_NORMALIZE, ImageFolderLoader, scan_image_folder
 from .loader import CropFlip, Normalize, TensorLoader, subset_indices
 from .synthetic import SYNTHETIC_NORMALIZE, make_synthetic
+from .tokens import TokenLoader, make_tokens
 
-Loader = TensorLoader | ImageFolderLoader
+Loader = TensorLoader | ImageFolderLoader | TokenLoader
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -51,6 +53,9 @@ CIFAR10_CLASSES = (
 # synthetic set holds at most SYNTHETIC_LIMIT values, prototypes included (1 GiB of float32).
 MAX_BATCH, MAX_SAMPLES, MAX_WORKERS = 2**20, 2**31 - 1, 256
 MAX_IMAGE_SIZE, MAX_CHANNELS, MAX_CLASSES = 4096, 4096, 1_000_000
+MAX_VOCAB, MAX_SEQ_LEN, MAX_DATA_SEED = 2**24, 2**16, 2**63 - 1
+# Keys only some datasets take (``DatasetInfo.options``); refused for the others.
+OPTIONAL_KEYS = ("image_size", "num_classes", "channels", "vocab_size", "seq_len", "synthetic_seed")
 SYNTHETIC_LIMIT = 2**28
 
 
@@ -80,6 +85,9 @@ class DataConfig:
     channels: Annotated[int | None, Count(1, limit=MAX_CHANNELS)] = None
     synthetic_train: Annotated[int, Count(1, limit=MAX_SAMPLES)] = 512
     synthetic_test: Annotated[int, Count(1, limit=MAX_SAMPLES)] = 128
+    vocab_size: Annotated[int | None, Count(2, limit=MAX_VOCAB)] = None  # tokens: 256
+    seq_len: Annotated[int | None, Count(1, limit=MAX_SEQ_LEN)] = None  # tokens: 32
+    synthetic_seed: Annotated[int | None, Count(0, limit=MAX_DATA_SEED)] = None  # tokens: 0
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad field, its value and what is allowed.
@@ -103,7 +111,7 @@ class DataConfig:
             value = getattr(self, field)
             if rng is None or value is None:
                 continue
-            if field in ("image_size", "num_classes", "channels") and field not in info.options:
+            if field in OPTIONAL_KEYS and field not in info.options:
                 allowed = [n for n in DATASETS.names() if field in DATASETS.get(n).options]
                 raise ConfigError(
                     f"data.{field}={show(value)} does not apply to dataset '{info.name}'; "
@@ -113,6 +121,8 @@ class DataConfig:
                 raise rng.refuse(f"data.{field}", value)
         if info.name == "synthetic":
             self._check_synthetic_size()
+        if info.name == "synthetic-tokens":
+            self._check_tokens()
 
     def _check_synthetic_size(self) -> None:
         size = 28 if self.image_size is None else self.image_size
@@ -127,31 +137,64 @@ class DataConfig:
                 f"{SYNTHETIC_LIMIT} allowed; make one of them smaller"
             )
 
+    def _check_tokens(self) -> None:
+        vocab, seq_len, classes = token_shape(self)
+        if vocab - 1 < classes:
+            raise ConfigError(
+                f"data.vocab_size {vocab} is too small for {classes} classes: ids 1 .. "
+                f"vocab_size - 1 are cut into one block per class; use vocab_size >= "
+                f"{classes + 1}"
+            )
+        values = (self.synthetic_train + self.synthetic_test) * seq_len
+        if values > SYNTHETIC_LIMIT:
+            raise ConfigError(
+                f"data: a token set of (synthetic_train {self.synthetic_train} + "
+                f"synthetic_test {self.synthetic_test}) x seq_len {seq_len} = {values} tokens "
+                f"is over the {SYNTHETIC_LIMIT} allowed; make one of them smaller"
+            )
+
+
+def token_shape(cfg: DataConfig) -> tuple[int, int, int]:
+    """``(vocab_size, seq_len, num_classes)`` of a token dataset's config, defaults filled in."""
+    vocab = cfg.vocab_size if cfg.vocab_size is not None else 256
+    seq_len = cfg.seq_len if cfg.seq_len is not None else 32
+    return vocab, seq_len, cfg.num_classes if cfg.num_classes is not None else 4
+
+
+def dataset_inputs(name: str) -> str:
+    """What a dataset's loaders yield as ``x``: ``"images"`` or ``"tokens"``."""
+    return DATASETS.get(name).inputs
+
 
 @dataclass
 class DataBundle:
-    """What ``build_data`` returns: two loaders and the facts a model needs."""
+    """What ``build_data`` returns: two loaders and the facts a model needs. A token dataset
+    has no channels or image size (both None) and gives its ``vocab_size`` and ``seq_len``."""
 
     train: Loader
     test: Loader
     num_classes: int
-    in_channels: int
-    image_size: int
+    in_channels: int | None
+    image_size: int | None
     name: str
     train_size: int
     test_size: int
     class_names: tuple[str, ...] | None = None
+    vocab_size: int | None = None
+    seq_len: int | None = None
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """A registry entry: how to build a dataset, and which optional fields it takes."""
+    """A registry entry: how to build a dataset, which optional fields it takes, and what its
+    loaders yield (``"images"`` or ``"tokens"``)."""
 
     name: str
     build: Callable[..., DataBundle]
     default_root: str | None = None
     needs_root: bool = True
     options: tuple[str, ...] = ()
+    inputs: str = "images"
 
 
 DATASETS = Registry("dataset")
@@ -285,6 +328,31 @@ def _build_synthetic(cfg: DataConfig, root: Path, **kw: int) -> DataBundle:
     )
 
 
+def _build_tokens(cfg: DataConfig, root: Path, *, seed: int, rank: int, world_size: int):
+    vocab, seq_len, classes = token_shape(cfg)
+    n_train, n_test, data_seed = cfg.synthetic_train, cfg.synthetic_test, cfg.synthetic_seed or 0
+    splits = make_tokens(classes, vocab, seq_len, n_train, n_test, data_seed)
+    (x_train, y_train), (x_test, y_test) = splits["train"], splits["test"]
+    keep = _subset(cfg, len(y_train), seed)
+    if keep is not None:
+        x_train, y_train = x_train[keep], y_train[keep]
+    common = dict(seed=seed, rank=rank, world_size=world_size)
+    train = TokenLoader(x_train, y_train, batch_size=cfg.batch_size, train=True, **common)
+    test = TokenLoader(x_test, y_test, batch_size=cfg.test_batch_size, train=False, **common)
+    return DataBundle(
+        train=train,
+        test=test,
+        num_classes=classes,
+        in_channels=None,
+        image_size=None,
+        name="synthetic-tokens",
+        train_size=train.dataset_size,
+        test_size=test.dataset_size,
+        vocab_size=vocab,
+        seq_len=seq_len,
+    )
+
+
 def _build_imagefolder(
     cfg: DataConfig, root: Path, *, seed: int, rank: int, world_size: int
 ) -> DataBundle:
@@ -390,4 +458,14 @@ _register(
     build=_build_synthetic,
     needs_root=False,
     options=("image_size", "num_classes", "channels"),
+)
+_register(
+    "synthetic-tokens",
+    "generated token sequences (ids in blocks per class, fixed seed) for text models; "
+    "vocab_size, seq_len, num_classes, synthetic_seed; no augmentation",
+    aliases=("synthetic_tokens",),
+    build=_build_tokens,
+    needs_root=False,
+    options=("num_classes", "vocab_size", "seq_len", "synthetic_seed"),
+    inputs="tokens",
 )

@@ -110,6 +110,7 @@ class ChannelGraph:
     modules: dict[str, nn.Module]
     parent: list[int] = field(default_factory=list)
     pins: dict[int, list[str]] = field(default_factory=dict)
+    first: set[str] = field(default_factory=set)  # reasons named before the others
     chans: dict[Node, Chan] = field(default_factory=dict)
     readers: list[Reader] = field(default_factory=list)
     writers: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # layer -> out vars
@@ -119,6 +120,8 @@ class ChannelGraph:
     calls: dict[str, int] = field(default_factory=dict)
     layer_nodes: dict[str, list[Node]] = field(default_factory=dict)
     depthwise: set[str] = field(default_factory=set)
+    grouped: set[str] = field(default_factory=set)  # pinned on both sides
+    structural: set[int] = field(default_factory=set)  # variables not even an ideal removes
     pieces: dict[Node, tuple[list[torch.Tensor], Chan]] = field(default_factory=dict)
 
     @property
@@ -148,11 +151,15 @@ class ChannelGraph:
             if rx != ry:
                 self.parent[ry] = rx
 
-    def pin(self, var: torch.Tensor, reason: str) -> None:
+    def pin(self, var: torch.Tensor, reason: str, first: bool = False) -> None:
+        """Keep ``var``'s channels, for ``reason`` (``first``: the reason to name first, the
+        one no rewrite of the model would lift, such as a LayerNorm's)."""
         for v in var.reshape(-1).unique().tolist():
             reasons = self.pins.setdefault(v, [])
             if reason not in reasons:
                 reasons.append(reason)
+        if first:
+            self.first.add(reason)
 
     def pin_reasons(self) -> dict[int, list[str]]:
         """Class root -> why its channels are kept."""
@@ -160,6 +167,8 @@ class ChannelGraph:
         for v, reasons in self.pins.items():
             bucket = out.setdefault(self.find(v), [])
             bucket.extend(r for r in reasons if r not in bucket)
+        for bucket in out.values():
+            bucket.sort(key=lambda r: r not in self.first)
         return out
 
     def roots(self, var: torch.Tensor) -> torch.Tensor:
@@ -301,7 +310,9 @@ def _module(cg: ChannelGraph, node: Node, m: nn.Module) -> None:
     name, x = node.target, _first(node)
     cg.calls[name] = cg.calls.get(name, 0) + 1
     simple = x is not None and len(tensor_args(node)) == 1 and is_channel_tensor(node)
-    if is_attention(m):
+    if isinstance(m, nn.Embedding):
+        _new(cg, node, (len(node.shape) - 1,), pinned=f"embedding '{name}' (its table is kept)")
+    elif is_attention(m):
         _opaque(cg, node, f"attention '{name}' mixes its channels (heads are removed whole)")
     elif not simple:
         _opaque(cg, node, f"call of '{name}' ({type(m).__name__}) not understood")
@@ -322,7 +333,7 @@ def _module(cg: ChannelGraph, node: Node, m: nn.Module) -> None:
         kind = type(m).__name__
         c = _chan(cg, x)
         cg.pin(c.var, f"{kind} '{name}' normalizes over these channels (removing one changes "
-                      "the others' mean and variance)")  # fmt: skip
+                      "the others' mean and variance)", first=True)  # fmt: skip
         _same(cg, node, c, torch.zeros_like(c.known), torch.zeros_like(c.value))
     elif isinstance(m, POINTWISE_MODULES) or _is_drop_path(m):
         c = _chan(cg, x)
@@ -358,7 +369,10 @@ def _conv(cg: ChannelGraph, node: Node, name: str, m: nn.Module, x: Node) -> Non
     else:
         reason = f"'{name}' is a grouped conv ({m.groups} groups of {m.in_channels // m.groups})"
         cg.pin(c.var, reason)
-        _new(cg, node, (1,), pinned=reason)
+        out = _new(cg, node, (1,), pinned=reason)
+        cg.grouped.add(name)
+        cg.writers.setdefault(name, []).append(out.var)
+        cg.structural.update(c.var.reshape(-1).tolist() + out.var.reshape(-1).tolist())
 
 
 def _linear(cg: ChannelGraph, node: Node, name: str, m: nn.Module, x: Node) -> None:
@@ -433,7 +447,60 @@ def _move(cg: ChannelGraph, node: Node, x: Node, fn) -> None:
     if isinstance(out, (tuple, list)):
         _opaque(cg, node, f"'{node.name}' not understood")
         return
+    out_axes = _varying(out)
+    if c.var.numel() > 1 and len(out_axes) <= len(c.axes) and (why := _fixed(node, x, c, out_axes)):
+        reason = f"'{node.name}' {why} (it would not follow a removal)"
+        cg.pin(c.var, reason)
+        _new(cg, node, (), pinned=reason)
+        return
     _from_index(cg, node, out, c, move=True)
+
+
+def _fixed(node: Node, x: Node, c: Chan, out_axes: list[int]) -> str:
+    """Why a move is written for the channel count it saw (a literal size, an index list, a
+    shift), or ''."""
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    rest = list(node.args[1:])
+    if name in ("view", "reshape"):
+        sizes = rest[0] if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else rest
+        for d in out_axes:
+            size = sizes[d] if d < len(sizes) else None
+            if isinstance(size, int) and size != -1:
+                return f"sets the size of a channel axis to the number {size}"
+        return ""
+    if name in ("roll", "narrow"):
+        dims = node.kwargs.get("dims", node.kwargs.get("dim"))
+        if dims is None and rest:
+            dims = rest[-1] if name == "roll" and len(rest) > 1 else rest[0]
+        if dims is None:  # roll over the flattened tensor
+            return "rolls the channels"
+        dims = {d % len(x.shape) for d in _tuple(dims)}
+        return (
+            f"{'rolls' if name == 'roll' else 'narrows'} a channel axis"
+            if dims & set(c.axes)
+            else ""
+        )
+    if name == "getitem":
+        return _fixed_index(rest[0] if rest else None, len(x.shape), c.axes)
+    return ""
+
+
+def _fixed_index(index, rank: int, axes: tuple[int, ...]) -> str:
+    """Indexing that picks channels by number (anything but ``:`` on a channel axis)."""
+    items = list(index) if isinstance(index, tuple) else [index]
+    consuming = sum(1 for i in items if i is not None and i is not Ellipsis)
+    d = 0
+    for item in items:
+        if item is None:
+            continue
+        if item is Ellipsis:
+            d += rank - consuming
+            continue
+        full = isinstance(item, slice) and item == slice(None, None, None)
+        if d in axes and not full:
+            return "indexes a channel axis by number"
+        d += 1
+    return ""
 
 
 def _varying(idx: torch.Tensor) -> list[int]:

@@ -8,6 +8,9 @@ what is allowed. No model downloads anything; none has pretrained weights.
 Module names are fixed so recipe name patterns are predictable: the first conv is ``conv1``
 (VGG: ``features.0``; ``mlp_tiny`` has no conv, its first layer is ``fc1``) and the classifier is
 ``fc`` (VGG: ``classifier``).
+
+A prefixed name is a model users bring (``external``): ``torchvision:NAME``, ``timm:NAME`` or
+``hf:CONFIG.json``; ``create_model`` builds those too, and they keep their own module names.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from torch import nn
 from ..core.errors import ConfigError, did_you_mean
 from ..core.registry import Registry
 from ..core.validate import show
+from .external import create_external, external_source
 from .resnet_cifar import BasicBlock, CifarResNet
 from .resnet_imagenet import LAYOUTS, Bottleneck, ResNet
 from .tiny import ConvNetTiny, MLPTiny
@@ -40,6 +44,7 @@ __all__ = [
     "ResNet",
     "VGG",
     "create_model",
+    "external_source",
     "list_models",
     "model_options",
     "option_specs",
@@ -136,11 +141,18 @@ def _register(
     MODELS.register(name, factory, aliases=aliases)
 
 
-def create_model(name: str, *, num_classes: int, in_channels: int, **kwargs: Any) -> nn.Module:
-    """Build the model registered as ``name`` (aliases and any case accepted).
+def create_model(
+    name: str, *, num_classes: int, in_channels: int | None, **kwargs: Any
+) -> nn.Module:
+    """Build the model registered as ``name`` (aliases and any case accepted), or the model a
+    prefixed name gives (``torchvision:``, ``timm:``, ``hf:``; see ``external``).
 
-    Raises ConfigError for an unknown name, an unknown option or a value out of range.
+    ``in_channels`` None means token-id inputs, which only a Hugging Face text model reads (a
+    zoo model refuses it). Raises ConfigError for an unknown name, an unknown option or a value
+    out of range.
     """
+    if external_source(name) is not None:
+        return create_external(name, num_classes=num_classes, in_channels=in_channels, **kwargs)
     return MODELS.get(name)(num_classes=num_classes, in_channels=in_channels, **kwargs)
 
 

@@ -25,6 +25,8 @@ from ..core.validate import (
 )
 from ..methods import METHODS
 from ..models import MAX_CHANNELS, MAX_CLASSES, MODELS, model_options, option_specs
+from ..models.external import EXAMPLES as EXTERNAL_EXAMPLES
+from ..models.external import check_external, external_source
 from ..structures import SCORES, parse_structure
 
 # Sanity caps on keys that have no natural upper bound.
@@ -34,7 +36,9 @@ MAX_SEED = 2**63 - 1  # torch.manual_seed takes up to 2**64 - 1; int64 everywher
 
 @dataclass
 class ModelConfig:
-    """``model`` section: a zoo name and its options (``width``, ``layout``, ...)."""
+    """``model`` section: a zoo name and its options (``width``, ``layout``, ...), or a model
+    users bring by prefix (``torchvision:NAME``, ``timm:NAME``, ``hf:CONFIG.json``) and the
+    options its constructor (Hugging Face: its config) takes."""
 
     name: str = "resnet20"
     num_classes: Annotated[int | None, Range(1, limit=MAX_CLASSES)] = None  # default: the data's
@@ -45,12 +49,17 @@ class ModelConfig:
     def parse(cls, data: Any) -> ModelConfig:
         obj, extras = from_dict(cls, data, "model", extra_ok=True)
         try:
-            canonical = MODELS.canonical(obj.name)
+            external = external_source(obj.name) is not None
+            canonical = obj.name if external else MODELS.canonical(obj.name)
         except ConfigError as e:
-            raise ConfigError(f"model.name: {e}") from None
+            also = "" if ":" in str(obj.name) else f"; or bring one: {EXTERNAL_EXAMPLES}"
+            raise ConfigError(f"model.name: {e}{also}") from None
         checked = {}
         for where, given in (("model.options", obj.options), ("model", extras)):
-            checked.update(_check_model_options(canonical, given, where))
+            if external:
+                checked.update(_check_external(obj.name, given, where))
+            else:
+                checked.update(_check_model_options(canonical, given, where))
         obj.options = checked
         return obj
 
@@ -61,6 +70,14 @@ class ModelConfig:
         if self.in_channels is not None:
             out["in_channels"] = self.in_channels
         return out
+
+
+def _check_external(name: str, given: dict[str, Any], where: str) -> dict[str, Any]:
+    try:
+        return check_external(name, given, where)
+    except ConfigError as e:
+        text = str(e)
+        raise ConfigError(text if text.startswith(where) else f"model.name: {text}") from None
 
 
 def _check_model_options(model: str, given: dict[str, Any], where: str) -> dict[str, Any]:

@@ -9,16 +9,18 @@ filter mask, chosen from all of them together (as Torch-Pruning's dependency gro
 StructADMM's channel pruning of coupled layers do): every dropped filter is then a removed
 channel of the stream.
 
-Which layers. Read off the model's channel graph (``graph.channels``: torch.fx, else a run
-of the model on an example input), never guessed from names: two layers are coupled when a
-filter of one and a filter of the other are one channel (a residual add, a depthwise conv that
-carries its producer's channels, a squeeze-excitation gate, ...), and sets that share a layer
-merge. A set is used only when every member is pruned with a structure whose group is a whole
-filter; otherwise its layers are pruned as before and the report says why (a member left dense
-or excluded, a member with another structure). A layer whose filters compaction can never remove
-(all of its channels pinned: read by a LayerNorm, a grouped conv, an attention block, ...) is
-left dense, with the reason as its note: its zeros would save nothing. A model that cannot be
-traced gets no coupling and a note on its layers.
+Which layers. Read off the model's channel graph (``graph.channels``: torch.fx, else a run of the
+model on an example input), never guessed from names: two layers are coupled when a filter of one
+and a filter of the other are one channel (a residual add, a depthwise conv that carries its
+producer's channels, a squeeze-excitation gate, ...), and sets that share a layer merge. A set is
+used only when every member is pruned with a structure whose group is a whole filter. When a member
+is left dense or excluded, its filters keep every channel of the set alive, so the other members'
+filter pruning would save nothing compaction can remove: they are left dense too, and the report
+names that member. When a member has another structure, the layers are pruned as before and the
+report says why. A layer whose filters compaction can never remove (all of its channels pinned:
+read by a LayerNorm, a grouped conv, an attention block, ...) is left dense, with the reason as its
+note: its zeros would save nothing. A model that cannot be traced gets no coupling and a note on
+its layers.
 
 The rule (one mask per set). Output channel ``k`` of the set scores
 
@@ -134,14 +136,29 @@ def assign(layers: Sequence[Layer], model: nn.Module, enabled: bool, example_inp
             continue
         found = [by_name.get(m) for m in members]
         reason = _refusal(members, found)
+        dense = _dense_member(members, found)
         for layer, chan in zip(found, ids):
             if layer is None or layer.structure is None:
                 continue
-            if reason:
+            if dense and layer.structure.whole_filters:
+                layer.structure = None
+                layer.note = f"left dense: its filters are one channel with {dense}"
+            elif reason:
                 layer.couple_note = NOTE + reason
             else:
                 layer.coupled = tuple(members)
                 layer.extra["channels"] = chan
+    return ""
+
+
+def _dense_member(members: list[str], found: list[Layer | None]) -> str:
+    """The set member left dense or not targeted, whose non-zero filters keep every channel of
+    the set: pruning the others' filters saves nothing compaction can remove ('' if none)."""
+    for name, layer in zip(members, found):
+        if layer is None:
+            return f"'{name}', which is not a targeted layer (sparsity.types)"
+        if layer.structure is None:
+            return f"'{name}', which is not pruned ({layer.note or 'left dense'})"
     return ""
 
 

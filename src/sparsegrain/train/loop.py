@@ -32,6 +32,7 @@ from ..core.dist import (
     weight_checksum,
 )
 from ..core.errors import ConfigError, TrainingError
+from ..core.outputs import logits_of
 from ..core.schedules import lr_at
 from ..core.tables import format_summary, overall_sparsity
 from ..data.catalog import build_data
@@ -128,9 +129,9 @@ def train_epoch(
         lr = lr_for(recipe, sp.epoch, sp)
         for g in optimizer.param_groups:
             g["lr"] = lr
-        if tr.channels_last:
+        if tr.channels_last and x.dim() == 4:  # images; token ids (B, L) stay as they are
             x = x.contiguous(memory_format=torch.channels_last)
-        out = model(x)
+        out = logits_of(model(x))
         loss = criterion(out, y)
         total = loss + sp.penalty()
         if not torch.isfinite(total):
@@ -194,6 +195,15 @@ def run(
             shutdown(info)
 
 
+def _example_batch(loader) -> torch.Tensor | None:
+    """Two inputs of the test split: what the model's graph is traced on (coupling, BatchNorm
+    pairing, the classifier). The loaders draw from their own seeded generators, so reading
+    one batch changes nothing in training."""
+    for x, _ in loader:
+        return x[:2]
+    return None
+
+
 def _run(
     recipe: Recipe, out: Path, info: DistInfo, stops: Stops, *, resume, overwrite, init, log
 ) -> dict:
@@ -232,6 +242,7 @@ def _run(
         steps_per_epoch=len(data.train),
         optimizer=optimizer,
         epochs=tr.epochs,
+        example_inputs=_example_batch(data.test),
     )
     sp.dist = info
     forward = _ddp(model, info)

@@ -52,11 +52,14 @@ class CompactResult:
         return self.macs_before / self.macs_after if self.macs_after else float("inf")
 
     @property
-    def reached(self) -> dict[str, float]:
+    def reached(self) -> dict[str, float | None]:
         """Fraction of the ideal reduction reached (1.0: all of it; 1.0 when nothing was to
-        remove): ``(before - after) / (before - ideal)`` for parameters and MACs."""
+        remove): ``(before - after) / (before - ideal)`` for parameters and MACs (None when
+        the ideal's MACs could not be counted: a model that cannot run at those shapes)."""
 
-        def frac(before: int, after: int, ideal: int) -> float:
+        def frac(before: int, after: int, ideal: int) -> float | None:
+            if ideal <= 0:
+                return None
             return 1.0 if before <= ideal else (before - after) / (before - ideal)
 
         return {
@@ -98,10 +101,14 @@ class CompactResult:
             f"{table}\nparams {self.params_before:,} -> {self.params_after:,}  "
             f"MACs/example {self.macs_before:,} -> {self.macs_after:,} "
             f"(ideal speedup {self.macs_ratio:.2f}x)  max abs diff {self.max_abs_diff:.3g}\n"
-            f"reached {reached['params']:.0%} of the ideal parameter reduction "
-            f"({self.params_ideal:,}) and {reached['macs']:.0%} of the MAC reduction "
+            f"reached {_pct(reached['params'])} of the ideal parameter reduction "
+            f"({self.params_ideal:,}) and {_pct(reached['macs'])} of the MAC reduction "
             f"({self.macs_ideal:,}); traced with {self.tracer or 'nothing'}"
         )
+
+
+def _pct(v: float | None) -> str:
+    return "?" if v is None else f"{v:.0%}"
 
 
 def _sizes(model: nn.Module) -> dict[str, tuple[str, str]]:
@@ -237,11 +244,18 @@ def _compact_heads(work: nn.Module) -> tuple[dict[str, list[int]], dict[str, lis
 
 
 def _ideal(work: nn.Module, plan, example_input) -> tuple[int, int]:
-    """Parameters and MACs of the model with every zero filter removed (``ideal`` plan): built
-    on a copy only to be counted, never checked or returned."""
-    probe = copy.deepcopy(work)
-    try:
-        shrink_(probe, plan.layers)
-        return _params(probe), _macs(probe, example_input)
-    except Exception:  # noqa: BLE001 (an ideal the modules cannot take: count what is kept)
-        return _params(work), _macs(work, example_input)
+    """Parameters and MACs of the model with every zero filter removed (``ideal`` plan). The
+    parameters are counted on a copy shrunk by the plan; the MACs from ``work``'s profile, each
+    layer's MACs scaled by the fraction of its weights the copy keeps (the ideal may ask what
+    no module can take, such as a LayerNorm losing channels, so the copy is never run)."""
+    probe = shrink_(copy.deepcopy(work), plan.layers)
+    result = model_flops(profile(work, example_input), layer_weights(work))
+    macs = result["total"]["dense"]
+    for row in result["layers"]:
+        try:
+            before = work.get_submodule(row["name"]).weight.numel()
+            after = probe.get_submodule(row["name"]).weight.numel()
+        except AttributeError:
+            continue
+        macs -= row["dense"] - row["dense"] * after // before
+    return _params(probe), int(macs)

@@ -19,8 +19,9 @@ parameters (layer scales) on it lose it too, whatever their values: nobody obser
 A layer keeps at least one output channel.
 
 ``ideal=True`` plans the removal of every channel that is zero or constant for its readers or
-ignored by them, pinned or not (LayerNorm, grouped convs, padding): what a structure-blind
-count of zero filters promises. It is never built for use, only counted.
+ignored by them, or whose writers' filters are all zero, pinned or not (LayerNorm, splitting
+views, padding): what a count of zero filters promises. Grouped convs stay whole even there
+(a group cannot lose one channel). It is never built for use, only counted.
 """
 
 from __future__ import annotations
@@ -96,7 +97,10 @@ def plan_compaction(cg: ChannelGraph, ideal: bool = False) -> Plan:
             removable[root] = removable.get(root, True) and bool(good)
             blocked[root] = blocked.get(root, False) or (not good and known)
     if ideal:  # what the masks alone promise: a zero filter goes, pinned or not
-        pins = {root: why for root, why in pins.items() if set(why) <= set(NATURAL_PINS)}
+        hard = {cg.find(v) for v in cg.structural}
+        pins = {
+            root: why for root, why in pins.items() if set(why) <= set(NATURAL_PINS) or root in hard
+        }
         for name, outs in cg.writers.items():
             w = layer_weight(cg.modules[name])
             dead = (w.reshape(w.shape[0], -1) == 0).all(dim=1)
@@ -126,9 +130,11 @@ def _all_roots(cg: ChannelGraph) -> set[int]:
 
 
 def _at_least_one(cg: ChannelGraph, keep: dict[int, bool]) -> None:
-    for outs in cg.writers.values():
-        roots = cg.roots(outs[0]).tolist()
-        if not any(keep[r] for r in roots):
+    """An empty layer is not a layer: each keeps at least one output and one input channel."""
+    for roots in [cg.roots(outs[0]).tolist() for outs in cg.writers.values()] + [
+        cg.roots(r.chan.var).tolist() for r in cg.readers
+    ]:
+        if roots and not any(keep[r] for r in roots):
             keep[roots[0]] = True
 
 
@@ -182,6 +188,8 @@ def _specs(cg: ChannelGraph, plan: Plan, keep: dict[int, bool]) -> None:
         inputs.setdefault(r.layer, r.chan.var)
     for name, outs in cg.writers.items():
         m = cg.modules[name]
+        if name in cg.grouped:  # pinned: kept whole
+            continue
         dw = name in cg.depthwise
         kind = "conv" if hasattr(m, "kernel_size") else "linear"
         spec = LayerChannels(
