@@ -64,6 +64,14 @@ def hf_vit():
     return t.ViTForImageClassification(cfg)
 
 
+def hf_gpt2():
+    t = import_transformers()
+    cfg = t.GPT2Config(
+        n_embd=128, n_layer=2, n_head=4, vocab_size=1000, n_positions=64, use_cache=False
+    )
+    return t.GPT2LMHeadModel(cfg)
+
+
 def image(size):
     return lambda: torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
 
@@ -91,6 +99,11 @@ MODELS = {
     ),
     "hf:bert": (hf_bert, vit("*attention*"), lambda size: tokens),
     "hf:vit": (hf_vit, vit("*attention*"), lambda size: image(64)),
+    "hf:gpt2": (
+        hf_gpt2,
+        {"structure": "neuron", "overrides": {"*.attn.c_*": {"structure": "head"}}},
+        lambda size: tokens,
+    ),
 }
 
 

@@ -73,6 +73,11 @@ def hf_vit():
     return HF.ViTForImageClassification(cfg)
 
 
+def hf_gpt2():
+    cfg = HF.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=100, n_positions=16)
+    return HF.GPT2LMHeadModel(cfg)
+
+
 # name -> (factory, recipe part, example input)
 MODELS = {
     "tv_resnet18": (lambda: TV.models.resnet18(num_classes=10), CNN, image),
@@ -102,6 +107,7 @@ MODELS = {
     ),
     "hf_bert": (hf_bert, vit("*attention*"), tokens),
     "hf_vit": (hf_vit, vit("*attention*"), image),
+    "hf_gpt2": (hf_gpt2, vit("*.attn.c_*"), tokens),
 }
 SLOW = {"tv_efficientnet_b0", "tv_regnet_y_400mf", "tv_resnet18"}
 
@@ -186,3 +192,51 @@ def test_convnext_layer_scale_and_depthwise_follow_the_neurons():
     assert block[3].out_features == 32 and block[5].in_features == 32  # 64 neurons -> 32
     assert block[0].out_channels == 16  # the stream (LayerNorm) is kept whole
     assert "features.1.0.layer_scale" not in r.layers
+
+
+def test_cli_trains_exports_compacted_bert_heads_and_neurons(tmp_path, capsys):
+    import json
+
+    import yaml
+
+    from sparsegrain import cli
+
+    config = tmp_path / "bert.json"
+    HF.BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        vocab_size=64, max_position_embeddings=32,
+    ).to_json_file(config)  # fmt: skip
+    sparsity = {
+        "method": "campfire", "structure": "neuron", "target": 0.5, "start": 0, "end": 0.5,
+        "frequency": 1, "couple": True, "overrides": {"*attention*": {"structure": "head"}},
+    }  # fmt: skip
+    data = {
+        "name": "synthetic-tokens", "vocab_size": 64, "seq_len": 16, "synthetic_train": 64,
+        "synthetic_test": 32, "batch_size": 16, "test_batch_size": 32,
+    }  # fmt: skip
+    recipe = {
+        "model": {"name": f"hf:{config}"},
+        "data": data,
+        "train": {"epochs": 1, "lr": 0.05, "progress": False, "threads": 1},
+        "sparsity": sparsity,
+    }
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    run = tmp_path / "run"
+    assert cli.main(["train", "--recipe", str(tmp_path / "recipe.yaml"), "--out", str(run)]) == 0
+    out = tmp_path / "bert.safetensors"
+    assert cli.main(["export", "--run", str(run), "--compact", "--out", str(out)]) == 0
+    record = capsys.readouterr().out
+    assert "compacted: params" in record
+    _, meta = load_compact(out)
+    assert {k: len(v) for k, v in meta["heads"].items()} == {
+        "bert.encoder.layer.0.attention.self": 2,
+        "bert.encoder.layer.1.attention.self": 2,
+    }
+    assert meta["layers"]["bert.encoder.layer.0.intermediate.dense"]["out"] is not None
+    assert len(meta["layers"]["bert.encoder.layer.0.intermediate.dense"]["out"]) == 32
+    onnx_out = tmp_path / "bert.onnx"
+    assert cli.main(["export", "--run", str(run), "--compact", "--format", "onnx",
+                     "--out", str(onnx_out)]) == 0  # fmt: skip
+    assert onnx_out.stat().st_size > 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert {r["structure"] for r in summary["layers"]} >= {"neuron"}

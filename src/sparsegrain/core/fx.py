@@ -20,8 +20,14 @@ POINTWISE_MODULES = (
 POINTWISE_FUNCTIONS = {
     F.relu, torch.relu, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu, torch.sigmoid, F.sigmoid,
     torch.tanh, F.tanh, F.hardswish, F.hardsigmoid, F.hardtanh, F.mish, F.dropout, F.dropout2d,
+    torch.pow, torch.exp, torch.erf, torch.neg, torch.abs, torch.square, F.softplus, F.selu,
+    F.celu, F.logsigmoid,
 }  # fmt: skip
-POINTWISE_METHODS = {"relu", "relu_", "sigmoid", "tanh", "contiguous", "clone", "detach"}
+# (the GELU approximations of GPT-2 and others are written with pow, tanh and erf)
+POINTWISE_METHODS = {
+    "relu", "relu_", "sigmoid", "tanh", "contiguous", "clone", "detach", "pow", "exp", "erf",
+    "neg", "abs", "square", "__pow__", "__neg__",
+}  # fmt: skip
 # Pools keep a constant channel constant (max: padding is -inf; adaptive/global average: no pad).
 CONST_POOLS = (
     nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,

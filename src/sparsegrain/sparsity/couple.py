@@ -48,7 +48,15 @@ from torch import Tensor, nn
 
 from ..core.fx import untraced_note
 from ..graph import ChannelGraph, channel_graph
-from ..structures import get_score, group_scores, keep_count, select_top, shape_4d
+from ..structures import (
+    Structure,
+    Transposed,
+    get_score,
+    group_scores,
+    keep_count,
+    select_top,
+    shape_4d,
+)
 from .masking import Layer
 
 NOTE = "not coupled: "
@@ -128,7 +136,7 @@ def assign(layers: Sequence[Layer], model: nn.Module, enabled: bool, example_inp
     by_name = {layer.name: layer for layer in layers}
     for name, why in pinned.items():
         layer = by_name.get(name)
-        if layer is not None and layer.structure is not None and layer.structure.whole_filters:
+        if layer is not None and layer.structure is not None and _units(layer):
             layer.structure = None
             layer.note = f"left dense: compaction cannot remove its filters ({why})"
     for members, ids in sets:
@@ -138,9 +146,9 @@ def assign(layers: Sequence[Layer], model: nn.Module, enabled: bool, example_inp
         reason = _refusal(members, found)
         dense = _dense_member(members, found)
         for layer, chan in zip(found, ids):
-            if layer is None or layer.structure is None:
-                continue
-            if dense and layer.structure.whole_filters:
+            if layer is None or layer.structure is None or layer.structure.name == "head":
+                continue  # heads go whole with their attention block, never by channel
+            if dense and _units(layer):
                 layer.structure = None
                 layer.note = f"left dense: its filters are one channel with {dense}"
             elif reason:
@@ -149,6 +157,19 @@ def assign(layers: Sequence[Layer], model: nn.Module, enabled: bool, example_inp
                 layer.coupled = tuple(members)
                 layer.extra["channels"] = chan
     return ""
+
+
+def _out_view(layer: Layer, w: Tensor) -> tuple[Tensor, Structure]:
+    """The weight as (out, in) with the structure on that view (Hugging Face ``Conv1D`` stores
+    it (in, out), and its structure is ``Transposed``)."""
+    if isinstance(layer.structure, Transposed):
+        return w.t(), layer.structure.inner
+    return w, layer.structure
+
+
+def _units(layer: Layer) -> bool:
+    """Whether the layer's groups are whole output units (filters, neurons), in any layout."""
+    return _out_view(layer, layer.param)[1].whole_filters
 
 
 def _dense_member(members: list[str], found: list[Layer | None]) -> str:
@@ -169,7 +190,7 @@ def _refusal(members: list[str], found: list[Layer | None]) -> str:
             return f"'{name}' is not a targeted layer (sparsity.types)"
         if layer.structure is None:
             return f"'{name}' is not pruned ({layer.note or 'left dense'})"
-    if not all(layer.structure.whole_filters for layer in found):
+    if not all(_units(layer) for layer in found):
         specs = sorted({layer.structure.spec for layer in found})
         return f"only 'filter' layers are coupled, the set has {', '.join(specs)}"
     return ""
@@ -183,8 +204,9 @@ def channel_scores(members: Sequence[Layer], weights: Mapping[str, Tensor], scor
     for layer in members:
         w = weights[layer.name]
         sc = get_score(score if score is not None else layer.score)
+        w, structure = _out_view(layer, w)
         _, c, r, s = shape_4d(w.shape)
-        v = group_scores(w, layer.structure, sc).reshape(-1).to("cpu", torch.float64)
+        v = group_scores(w, structure, sc).reshape(-1).to("cpu", torch.float64)
         v = v / float(c * r * s) ** sc.size_exponent
         total.index_add_(0, torch.tensor(layer.extra["channels"]), v)
     return total
@@ -222,7 +244,10 @@ def masks(
         for m in members:
             wm = weights[m.name]
             kept = chosen[torch.tensor(m.extra["channels"])].reshape(1, -1)
-            mask = m.structure.expand(kept.to(wm.device), shape_4d(wm.shape))
+            view, structure = _out_view(m, wm)
+            mask = structure.expand(kept.to(wm.device), shape_4d(view.shape)).reshape(view.shape)
+            if view is not wm:  # a weight stored (in, out): the mask goes back to that layout
+                mask = mask.t()
             out[m.name] = mask.reshape(wm.shape)
     return out
 
