@@ -150,6 +150,7 @@ def test_untraceable_model_gets_a_note_and_no_pairing():
     model = create_model("mlp_tiny", num_classes=10, in_channels=1)  # shape check: not traceable
     sp = sparsegrain.sparsify_(model, campfire(exclude=[]), steps_per_epoch=2)
     assert sp.bn_note.startswith("BN not masked: torch.fx cannot trace the model (TraceError")
+    assert sp.bn_note.endswith("; pass example_inputs= to trace it from a run")
     assert all(l.norm is None for l in sp.pruned) and sp.bn_masks() == {}
     assert {r["name"]: r["note"] for r in sp.report()} == {"fc1": sp.bn_note, "fc": sp.bn_note}
     sp.step()

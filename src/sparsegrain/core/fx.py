@@ -48,7 +48,13 @@ BINARY_METHODS = {"add": torch.add, "add_": torch.add, "sub": torch.sub, "mul": 
 HARMLESS_METHODS = {"size", "dim"}  # read a tensor's shape, not its values
 
 
-def untraced_note(prefix: str, error: Exception) -> str:
-    """One line for a model ``torch.fx`` could not trace: ``prefix`` + the error's first line."""
+def untraced_note(prefix: str, error: Exception, example: bool = True) -> str:
+    """One line for a model that could not be traced: ``prefix`` + the error's first line
+    (``example=False``: only torch.fx was tried, for want of an example input)."""
     reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
-    return f"{prefix}torch.fx cannot trace the model ({type(error).__name__}: {reason})"
+    if not example:
+        return (
+            f"{prefix}torch.fx cannot trace the model ({type(error).__name__}: {reason}); pass "
+            "example_inputs= to trace it from a run"
+        )
+    return f"{prefix}the model cannot be traced ({type(error).__name__}: {reason})"

@@ -126,7 +126,7 @@ def attach_norms(
     try:
         found, refused = find_norms(model, [layer.name for layer in layers], example_inputs)
     except Exception as e:  # noqa: BLE001 (fx raises many kinds; any of them means "not traced")
-        note = untraced_note(NOTE, e)
+        note = untraced_note(NOTE, e, example=example_inputs is not None)
         for layer in layers:
             layer.norm_note = note
         return note

@@ -125,14 +125,14 @@ def _sizes(model: nn.Module) -> dict[str, tuple[str, str]]:
     return out
 
 
-def _args(example_input) -> tuple:
-    return example_input if isinstance(example_input, tuple) else (example_input,)
+def _call(model: nn.Module, example_input):
+    return model(*(example_input if isinstance(example_input, tuple) else (example_input,)))
 
 
 @torch.no_grad()
 def _outputs(model: nn.Module, example_input) -> list[torch.Tensor]:
     flat: list[torch.Tensor] = []
-    _flatten(model(*_args(example_input)), flat)
+    _flatten(_call(model, example_input), flat)
     return [t.detach().clone() for t in flat]
 
 
@@ -169,10 +169,12 @@ def compact(model: nn.Module, example_input, *, tolerance: float = 1e-4) -> Comp
     change its outputs (rule: ``sparsegrain.compact.plan``); ``model`` itself is not changed.
 
     ``example_input`` (a tensor or a tuple of positional arguments) fixes the tensor shapes for
-    tracing and is used to check the result. Attached masks are baked in first. A model that
-    ``torch.fx`` cannot trace comes back uncompacted with a note on every layer. The compacted
-    model is in eval mode. Raises RuntimeError if the check finds a difference above
-    ``tolerance * max(1, max |output|)`` (a bug, never expected).
+    tracing and is used to check the result. Attached masks are baked in first. Attention heads
+    the masks zeroed go first (``heads``), then filters and channels over the channel graph
+    (``graph``: torch.fx, else a run of the model on ``example_input``; ``tracer`` says which).
+    A model that cannot be traced either way comes back uncompacted with a note on every layer.
+    The compacted model is in eval mode. Raises RuntimeError if the check finds a difference
+    above ``tolerance * max(1, max |output|)`` (a bug, never expected).
     """
 
     work = finalize_(copy.deepcopy(model)).eval()
