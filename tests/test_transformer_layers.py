@@ -11,7 +11,8 @@ from torch import nn
 import sparsegrain
 from sparsegrain.core.errors import ConfigError
 from sparsegrain.models import external
-from sparsegrain.sparsity.masking import candidate_tensors, classifier_layers, default_exclude
+from sparsegrain.sparsity.candidates import candidate_tensors
+from sparsegrain.sparsity.classifier import classifier_layers, default_exclude
 from sparsegrain.structures import Transposed, parse_structure, verify
 
 

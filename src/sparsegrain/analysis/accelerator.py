@@ -41,11 +41,17 @@ Per layer, per example. Weight ``W`` is ``(K, Cg, R, S)`` (``Cg = C/g`` for ``g`
   is the ideal (fully used) multiplier-array cycle count, a lower bound.
 
 Output activation writes (``K * Ho * Wo`` at most) and on-chip buffer refetches are not modelled.
+
+``model_refs`` counts every weight a ``flops.Profile`` holds: its layers and its ``extra``
+geometries (``nn.MultiheadAttention``'s ``in_proj_weight``, a module's own functional weights),
+in call order. A block of rows of a weight (``attn.in_proj_weight[0:16]``, one projection of a
+cross-attention) takes the weight's structure when the block fits it.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -54,7 +60,8 @@ from torch import Tensor
 
 from ..core.tables import format_table
 from ..structures import Structure, as_4d, parse_structure
-from .flops import LayerGeometry, flops
+from .flops import flops
+from .geometry import LayerGeometry
 
 MODEL_NOTE = (
     "memory references: an SCNN-like analytic model, OUR RECONSTRUCTION (Parashar et al. 2017; "
@@ -185,24 +192,62 @@ def model_refs(
 ) -> dict:
     """``layer_refs`` of every geometry (rows with ``name`` and ``structure``) and totals.
 
-    A layer missing from ``structures`` (or mapped to None) is counted with one index per
-    non-zero weight, as fine, and its row says structure ``"none"``; one missing
-    from ``act_density`` uses its profiled density. Raises ValueError naming layers of ``geoms``
-    that ``weights`` lacks. The result carries ``note`` = ``MODEL_NOTE``.
+    With a ``flops.Profile``, its ``extra`` geometries are counted too, looked up in ``weights``
+    (a block ``w[r0:r1]`` of a weight there is cut from it), else taken as the profile saw them,
+    and rows follow the profile's call order. A layer missing from ``structures`` (or mapped to
+    None) is counted with one index per non-zero weight, as fine, and its row says structure
+    ``"none"``; so is a block whose weight's structure does not fit it, with a line in
+    ``notes``. One missing from ``act_density`` uses its profiled density. Raises ValueError
+    naming layers of ``geoms`` that ``weights`` lacks. The result carries ``note`` =
+    ``MODEL_NOTE``.
     """
     structures, act_density = structures or {}, act_density or {}
     missing = [g.name for g in geoms if g.name not in weights]
     if missing:
         raise ValueError(f"weights: no tensor for layers {missing}")
+    profiled = getattr(geoms, "weights", {})
+    notes: list[str] = []
+    uses = [(g, weights[g.name], structures.get(g.name)) for g in geoms]
+    uses += [
+        (g, *_extra(g.name, weights, profiled, structures, notes))
+        for g in getattr(geoms, "extra", ())
+    ]
     rows = []
-    for g in geoms:
-        st = structures.get(g.name)
-        refs = layer_refs(g, weights[g.name], act_density.get(g.name), cfg, st)
+    for g, w, st in uses:
+        refs = layer_refs(g, w, act_density.get(g.name), cfg, st)
         spec = "none" if st is None else parse_structure(st).spec
         rows.append({"name": g.name, "structure": spec, **refs})
+    position = {n: i for i, n in enumerate(getattr(geoms, "order", ()))}
+    rows.sort(key=lambda r: position.get(r["name"], len(position)))
     keys = (*KEYS, "total", "bits", "products", "array_cycles")
     total = {k: sum(r[k] for r in rows) for k in keys}
-    return {"layers": rows, "total": total, "cfg": cfg or SCNNConfig(), "note": MODEL_NOTE}
+    cfg = cfg or SCNNConfig()
+    return {"layers": rows, "total": total, "cfg": cfg, "note": MODEL_NOTE, "notes": notes}
+
+
+_BLOCK = re.compile(r"^(.*)\[(\d+):(\d+)\]$")  # profile's name of rows r0:r1 of a weight
+
+
+def _extra(name: str, weights, profiled, structures, notes: list[str]):
+    """``(tensor, structure)`` of a profile's extra geometry (see ``model_refs``)."""
+    block = _BLOCK.match(name)
+    if name in weights:
+        w = weights[name]
+    elif block and block[1] in weights:
+        w = weights[block[1]][int(block[2]) : int(block[3])]
+    elif name in profiled:
+        w = profiled[name]
+    else:
+        raise ValueError(f"weights: no tensor for '{name}', and the profile holds none")
+    if name in structures or not block:
+        return w, structures.get(name)
+    st = structures.get(block[1])
+    reason = None if st is None else parse_structure(st).fits(tuple(w.shape))
+    if reason is not None:
+        spec = parse_structure(st).spec
+        notes.append(f"{name}: counted as fine; {spec} of {block[1]} does not fit it: {reason}")
+        st = None
+    return w, st
 
 
 def format_refs(result: dict) -> str:
@@ -213,4 +258,5 @@ def format_refs(result: dict) -> str:
         [r["name"], r["structure"], *(f"{r[c] / 1e3:.1f}" for c in cols)] for r in result["layers"]
     ]
     rows.append(["total", "", *(f"{result['total'][c] / 1e3:.1f}" for c in cols)])
-    return format_table(rows, head) + "\n" + result["note"]
+    notes = "".join(f"\n{n}" for n in result.get("notes", []))
+    return format_table(rows, head) + "\n" + result["note"] + notes

@@ -4,6 +4,12 @@ Reads a run directory (``recipe.yaml``, ``model.safetensors``, the structure of 
 ``summary.json``) or a weights file, never the method that made the zeros, and returns one
 JSON-able record: accuracy, storage per encoding, FLOPs, SCNN-like memory references (our
 reconstruction) and, when asked, adversarial robustness and per-layer sensitivity.
+
+Every weight is read in its ``(out, in)`` view, the one the structure names of a run mean
+(``gemm_views``): a Hugging Face ``Conv1D`` stores its weight ``(in, out)`` and is transposed
+before storage, FLOPs and memory references are counted. Storage covers the tensors sparsity can
+prune (``candidates.candidate_tensors``: ``in_proj_weight`` included); FLOPs and memory
+references cover every weight the profile saw.
 """
 
 from __future__ import annotations
@@ -12,26 +18,27 @@ import dataclasses
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..core.errors import ConfigError
 from ..core.io import atomic_write_text, load_tensors
-from ..data.catalog import build_data
+from ..data.catalog import build_data, dataset_inputs
 from ..recipe.build import build_model
 from ..recipe.load import Recipe, load_recipe
 from ..runs.files import ANALYSIS, RECIPE, SUMMARY, WEIGHTS, load_model_state, read_run_recipe
 from ..runs.records import check_output, layer_structures
 from ..runs.rundir import check_unlocked
-from ..sparsity.masking import candidate_layers
+from ..sparsity.attention import is_conv1d
+from ..sparsity.candidates import candidate_layers, candidate_tensors
 from ..structures import parse_structure
 from .accelerator import MODEL_NOTE, SCNNConfig, format_refs, model_refs
 from .accuracy import evaluate
-from .flops import format_flops, model_flops, profile
+from .flops import Profile, format_flops, layer_weights, model_flops, profile
 from .robustness import attack_accuracy, robustness_table
 from .sensitivity import layer_sensitivity, suggest_budgets
 from .storage import BitWidths, format_storage, model_storage
@@ -155,8 +162,8 @@ def load_subject(
     model.eval()
     if structures is None:
         structures = {
-            n: (structure if bool((m.weight == 0).any()) else None)
-            for n, m in candidate_layers(model)
+            n: (structure if bool((getattr(m, t) == 0).any()) else None)
+            for n, m, t in candidate_tensors(model)
         }
     return Subject(str(run or weights), rec, model, structures)
 
@@ -166,12 +173,12 @@ def analyze(
 ) -> tuple[dict[str, Any], str]:
     """The analysis record of one model (and its dense baseline's robustness), and its tables."""
     model, rec = subject.model, subject.recipe
+    check_inputs(rec, opts)
     data = build_data(rec.data, seed=rec.train.seed)
-    weights = {n: m.weight.detach() for n, m in candidate_layers(model)}
-    layers = [(n, w, subject.structures.get(n)) for n, w in weights.items()]
-    storage = model_storage(layers, BitWidths(value=opts.value_bits, index=opts.index_bits))
     example = next(iter(data.test))[0][:64]
-    geoms = profile(model, example)
+    geoms, weights = gemm_views(model, profile(model, example))
+    layers = [(n, weights[n], subject.structures.get(n)) for n, _, _ in candidate_tensors(model)]
+    storage = model_storage(layers, BitWidths(value=opts.value_bits, index=opts.index_bits))
     flop = model_flops(geoms, weights)
     refs = model_refs(geoms, weights, subject.structures, cfg=SCNNConfig())
     log("evaluating accuracy ...")
@@ -219,6 +226,41 @@ def analyze(
             json.dumps(out["sensitivity"]["suggested_overrides"], indent=2),
         ]
     return out, "\n".join(text)
+
+
+def check_inputs(recipe: Recipe, opts: AnalyzeOptions) -> None:
+    """Refuse, before any work, an analysis the recipe's data cannot take: the attacks move
+    pixels, so a model that reads token ids cannot be attacked."""
+    if opts.attacks and dataset_inputs(recipe.data.name) == "tokens":
+        raise ConfigError(
+            f"--attacks: the attacks move pixels, and dataset '{recipe.data.name}' holds token "
+            "ids; analyze a text model without --attacks"
+        )
+
+
+def gemm_views(model: nn.Module, geoms: Profile) -> tuple[Profile, dict[str, Tensor]]:
+    """``geoms`` and the weights of ``model`` (``flops.layer_weights``, masks applied), with
+    every candidate weight in its ``(out, in)`` view: a Hugging Face ``Conv1D`` weight, stored
+    ``(in, out)``, is transposed and the ``weight_shape`` of its geometry swapped, as
+    ``structures.Transposed`` sees it, so that axis 0 is the output units for every layer."""
+    weights = layer_weights(model)
+    stored = {n for n, m in candidate_layers(model) if is_conv1d(m)}
+    for n, m, t in candidate_tensors(model):
+        w = getattr(m, t).detach()
+        weights[n] = w.t() if n in stored else w
+
+    def view(g):
+        return replace(g, weight_shape=tuple(reversed(g.weight_shape))) if g.name in stored else g
+
+    out = Profile(
+        [view(g) for g in geoms],
+        [view(g) for g in geoms.extra],
+        geoms.weights,
+        geoms.functional,
+        geoms.order,
+        geoms.notes,
+    )
+    return out, weights
 
 
 def _float_keys(d: dict[str, dict[str, float]]) -> dict[str, dict[float, float]]:

@@ -12,11 +12,12 @@ test loader. Both satisfy one Loader protocol:
 
 The train loader shuffles and drops the last incomplete batch; the test loader does neither and is
 never augmented. With ``world_size > 1``, ``batch_size`` is per rank and each rank reads a disjoint
-shard (rules in ``datasets.loader.epoch_indices``: train cuts the shuffled order to a multiple of
+shard (rules in ``loader.epoch_indices``: train cuts the shuffled order to a multiple of
 ``world_size``, as ``DistributedSampler(drop_last=True)``; test shards are unpadded and cover the
 test set exactly).
 
-The readers for each file format live in ``sparsegrain.datasets``.
+The readers of each file format are the other modules of ``data``; ``bundles`` holds the
+builder that turns what each kind of dataset reads into a ``DataBundle`` of two loaders.
 """
 
 from __future__ import annotations
@@ -26,19 +27,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from torch import Tensor
-
 from ..core.errors import ConfigError
 from ..core.registry import Registry
 from ..core.validate import Range, schema, show
-from .cifar import read_cifar
-from .idx import read_idx_dataset
-from .imagefolder import IMAGENET_NORMALIZE, ImageFolderLoader, scan_image_folder
-from .loader import CropFlip, Normalize, TensorLoader, subset_indices
-from .synthetic import SYNTHETIC_NORMALIZE, make_synthetic
-from .tokens import TokenLoader, make_tokens
-
-Loader = TensorLoader | ImageFolderLoader | TokenLoader
+from .bundles import (
+    DataBundle,
+    build_imagefolder,
+    build_synthetic,
+    build_tokens,
+    cifar_builder,
+    idx_builder,
+    token_shape,
+)
+from .imagefolder import IMAGENET_NORMALIZE
+from .loader import CropFlip, Normalize
+from .synthetic import SYNTHETIC_NORMALIZE
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -154,34 +157,9 @@ class DataConfig:
             )
 
 
-def token_shape(cfg: DataConfig) -> tuple[int, int, int]:
-    """``(vocab_size, seq_len, num_classes)`` of a token dataset's config, defaults filled in."""
-    vocab = cfg.vocab_size if cfg.vocab_size is not None else 256
-    seq_len = cfg.seq_len if cfg.seq_len is not None else 32
-    return vocab, seq_len, cfg.num_classes if cfg.num_classes is not None else 4
-
-
 def dataset_inputs(name: str) -> str:
     """What a dataset's loaders yield as ``x``: ``"images"`` or ``"tokens"``."""
     return DATASETS.get(name).inputs
-
-
-@dataclass
-class DataBundle:
-    """What ``build_data`` returns: two loaders and the facts a model needs. A token dataset
-    has no channels or image size (both None) and gives its ``vocab_size`` and ``seq_len``."""
-
-    train: Loader
-    test: Loader
-    num_classes: int
-    in_channels: int | None
-    image_size: int | None
-    name: str
-    train_size: int
-    test_size: int
-    class_names: tuple[str, ...] | None = None
-    vocab_size: int | None = None
-    seq_len: int | None = None
 
 
 @dataclass(frozen=True)
@@ -224,166 +202,6 @@ def build_data(cfg: DataConfig, *, seed: int = 0, rank: int = 0, world_size: int
     return bundle
 
 
-def _subset(cfg: DataConfig, n: int, seed: int) -> Tensor | None:
-    """Indices of ``data.train_subset`` training samples, or None for the whole set."""
-    if cfg.train_subset is None:
-        return None
-    if cfg.train_subset > n:
-        raise ConfigError(
-            f"data.train_subset={cfg.train_subset} exceeds the {n} training samples of "
-            f"'{DATASETS.canonical(cfg.name)}'; use at most {n} or leave it unset"
-        )
-    return subset_indices(n, cfg.train_subset, seed)
-
-
-def _tensor_bundle(
-    cfg: DataConfig,
-    splits: dict[str, tuple[Tensor, Tensor]],
-    *,
-    num_classes: int,
-    normalize: Normalize,
-    augment: CropFlip | None,
-    class_names: tuple[str, ...] | None,
-    seed: int,
-    rank: int,
-    world_size: int,
-) -> DataBundle:
-    x_train, y_train = splits["train"]
-    x_test, y_test = splits["test"]
-    keep = _subset(cfg, len(y_train), seed)
-    if keep is not None:
-        x_train, y_train = x_train[keep], y_train[keep]
-    common = dict(normalize=normalize, seed=seed, rank=rank, world_size=world_size)
-    train = TensorLoader(
-        x_train,
-        y_train,
-        batch_size=cfg.batch_size,
-        train=True,
-        augment=augment if cfg.augment else None,
-        **common,
-    )
-    test = TensorLoader(x_test, y_test, batch_size=cfg.test_batch_size, train=False, **common)
-    return DataBundle(
-        train=train,
-        test=test,
-        num_classes=num_classes,
-        in_channels=int(x_train.shape[1]),
-        image_size=int(x_train.shape[2]),
-        name=DATASETS.canonical(cfg.name),
-        train_size=train.dataset_size,
-        test_size=test.dataset_size,
-        class_names=class_names,
-    )
-
-
-def _idx_builder(name: str, normalize: Normalize, augment: CropFlip, classes: tuple[str, ...]):
-    def build(cfg: DataConfig, root: Path, **kw: int) -> DataBundle:
-        hint = f"set `data.root` to a directory holding the {name} IDX files (raw or .gz)"
-        if name == "fashion_mnist" and cfg.root is None:  # the Debian package's location
-            hint = (
-                "install Debian's `dataset-fashion-mnist` package "
-                f"(`apt-get install dataset-fashion-mnist`) or {hint[0].lower()}{hint[1:]}"
-            )
-        return _tensor_bundle(
-            cfg,
-            read_idx_dataset(root, len(classes), hint),
-            num_classes=len(classes),
-            normalize=normalize,
-            augment=augment,
-            class_names=classes,
-            **kw,
-        )
-
-    return build
-
-
-def _cifar_builder(name: str, num_classes: int, normalize: Normalize, classes):
-    def build(cfg: DataConfig, root: Path, **kw: int) -> DataBundle:
-        return _tensor_bundle(
-            cfg,
-            read_cifar(root, name),
-            num_classes=num_classes,
-            normalize=normalize,
-            augment=CropFlip(pad=4, flip=True),
-            class_names=classes,
-            **kw,
-        )
-
-    return build
-
-
-def _build_synthetic(cfg: DataConfig, root: Path, **kw: int) -> DataBundle:
-    size = cfg.image_size if cfg.image_size is not None else 28
-    classes = cfg.num_classes if cfg.num_classes is not None else 10
-    channels = cfg.channels if cfg.channels is not None else 1
-    splits = make_synthetic(classes, channels, size, cfg.synthetic_train, cfg.synthetic_test)
-    return _tensor_bundle(
-        cfg,
-        splits,
-        num_classes=classes,
-        normalize=SYNTHETIC_NORMALIZE,
-        augment=CropFlip(pad=max(1, size // 14), flip=False),
-        class_names=None,
-        **kw,
-    )
-
-
-def _build_tokens(cfg: DataConfig, root: Path, *, seed: int, rank: int, world_size: int):
-    vocab, seq_len, classes = token_shape(cfg)
-    n_train, n_test, data_seed = cfg.synthetic_train, cfg.synthetic_test, cfg.synthetic_seed or 0
-    splits = make_tokens(classes, vocab, seq_len, n_train, n_test, data_seed)
-    (x_train, y_train), (x_test, y_test) = splits["train"], splits["test"]
-    keep = _subset(cfg, len(y_train), seed)
-    if keep is not None:
-        x_train, y_train = x_train[keep], y_train[keep]
-    common = dict(seed=seed, rank=rank, world_size=world_size)
-    train = TokenLoader(x_train, y_train, batch_size=cfg.batch_size, train=True, **common)
-    test = TokenLoader(x_test, y_test, batch_size=cfg.test_batch_size, train=False, **common)
-    return DataBundle(
-        train=train,
-        test=test,
-        num_classes=classes,
-        in_channels=None,
-        image_size=None,
-        name="synthetic-tokens",
-        train_size=train.dataset_size,
-        test_size=test.dataset_size,
-        vocab_size=vocab,
-        seq_len=seq_len,
-    )
-
-
-def _build_imagefolder(
-    cfg: DataConfig, root: Path, *, seed: int, rank: int, world_size: int
-) -> DataBundle:
-    size = cfg.image_size if cfg.image_size is not None else 224
-    classes, train_samples, val_samples = scan_image_folder(root)
-    keep = _subset(cfg, len(train_samples), seed)
-    if keep is not None:
-        train_samples = [train_samples[i] for i in keep.tolist()]
-    common = dict(
-        image_size=size, num_workers=cfg.num_workers, seed=seed, rank=rank, world_size=world_size
-    )
-    # augment=False gives the train split the deterministic eval transform.
-    train = ImageFolderLoader(
-        train_samples, batch_size=cfg.batch_size, train=True, augment=cfg.augment, **common
-    )
-    test = ImageFolderLoader(
-        val_samples, batch_size=cfg.test_batch_size, train=False, augment=False, **common
-    )
-    return DataBundle(
-        train=train,
-        test=test,
-        num_classes=len(classes),
-        in_channels=3,
-        image_size=size,
-        name="imagefolder",
-        train_size=train.dataset_size,
-        test_size=test.dataset_size,
-        class_names=tuple(classes),
-    )
-
-
 def _register(name: str, help: str, aliases: tuple[str, ...] = (), **info: Any) -> None:
     DATASETS.register(name, DatasetInfo(name=name, **info), help=help, aliases=aliases)
 
@@ -404,7 +222,7 @@ _register(
     "fashion_mnist",
     "Fashion-MNIST IDX files, 28x28 grey, 10 classes (default root " + _FASHION_ROOT + ")",
     aliases=("fashion-mnist", "fmnist"),
-    build=_idx_builder(
+    build=idx_builder(
         "fashion_mnist",
         NORMALIZE["fashion_mnist"],
         CropFlip(pad=2, flip=True),
@@ -415,7 +233,7 @@ _register(
 _register(
     "mnist",
     "MNIST IDX files, 28x28 grey digits, 10 classes (default root " + _MNIST_ROOT + ")",
-    build=_idx_builder(
+    build=idx_builder(
         "mnist",
         NORMALIZE["mnist"],
         CropFlip(pad=2, flip=False),
@@ -427,7 +245,7 @@ _register(
     "cifar10",
     "CIFAR-10 python pickles (cifar-10-batches-py), 32x32 RGB, 10 classes; needs data.root",
     aliases=("cifar-10",),
-    build=_cifar_builder(
+    build=cifar_builder(
         "cifar10",
         10,
         NORMALIZE["cifar10"],
@@ -438,7 +256,7 @@ _register(
     "cifar100",
     "CIFAR-100 python pickles (cifar-100-python), 32x32 RGB, 100 fine classes; needs data.root",
     aliases=("cifar-100",),
-    build=_cifar_builder(
+    build=cifar_builder(
         "cifar100",
         100,
         NORMALIZE["cifar100"],
@@ -449,13 +267,13 @@ _register(
     "imagefolder",
     "ImageNet-style class folders root/train/<class>/*.jpg + root/val/<class>/; needs data.root",
     aliases=("image_folder", "image-folder"),
-    build=_build_imagefolder,
+    build=build_imagefolder,
     options=("image_size",),
 )
 _register(
     "synthetic",
     "generated learnable images (fixed seed); sizes from synthetic_train/test, image_size, ...",
-    build=_build_synthetic,
+    build=build_synthetic,
     needs_root=False,
     options=("image_size", "num_classes", "channels"),
 )
@@ -464,7 +282,7 @@ _register(
     "generated token sequences (ids in blocks per class, fixed seed) for text models; "
     "vocab_size, seq_len, num_classes, synthetic_seed; no augmentation",
     aliases=("synthetic_tokens",),
-    build=_build_tokens,
+    build=build_tokens,
     needs_root=False,
     options=("num_classes", "vocab_size", "seq_len", "synthetic_seed"),
     inputs="tokens",

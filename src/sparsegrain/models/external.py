@@ -8,21 +8,17 @@ A recipe names such a model with a prefix: ``torchvision:resnet18``, ``timm:conv
 ``hf:path/to/config.json`` (a Hugging Face config file, or a directory holding ``config.json``).
 Every one is built with random weights (trained ones come through ``--init``), for the data's
 classes and input channels. The model's options are passed on: to the torchvision builder or
-``timm.create_model`` as keyword arguments, or set on the Hugging Face config as its keys. A
-Hugging Face model's class is the config's ``architectures[0]`` when given (a sequence or image
-classification class), else the ``...ForImageClassification`` class of its model type for a
-vision config (one with ``num_channels``) and ``...ForSequenceClassification`` for the others.
+``timm.create_model`` as keyword arguments, or set on the Hugging Face config as its keys
+(``hf``: how a config file becomes a model class, a config and the kind of input it reads).
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-import json
 import re
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -31,6 +27,8 @@ from torch import nn
 
 from ..core.errors import ConfigError, did_you_mean
 from ..core.validate import check_bounds, show
+from .hf import RESERVED as HF_RESERVED
+from .hf import first_line, hf_setup
 
 _TORCHVISION_OPS = (
     "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
@@ -107,13 +105,9 @@ _RESERVED = {
         "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path",
         "num_classes", "in_chans",
     ),
-    "hf": (
-        "model_type", "architectures", "num_labels", "id2label", "label2id", "num_channels",
-        "dtype", "torch_dtype", "transformers_version",
-    ),
+    "hf": HF_RESERVED,
 }  # fmt: skip
 _WEIGHT_KEYS = ("weights", "pretrained", "pretrained_cfg", "checkpoint_path")
-MAX_CONFIG_BYTES = 1 << 20  # a Hugging Face config.json is a few kilobytes
 
 
 def external_source(name: str) -> tuple[str, str] | None:
@@ -152,7 +146,7 @@ def check_external(name: str, options: Mapping[str, Any], where: str = "model") 
     elif source == "timm":
         _timm_arch(rest)
     else:
-        _hf_setup(rest, options, where)
+        hf_setup(import_transformers(), rest, options, where)
     return dict(options)
 
 
@@ -192,14 +186,14 @@ def create_external(
             )
 
         return _construct(label, options, build)
-    cls, config, _ = _hf_setup(rest, options, "model")
+    cls, config, _ = hf_setup(import_transformers(), rest, options, "model")
     config.num_labels = num_classes
     if in_channels is not None and hasattr(config, "num_channels"):
         config.num_channels = in_channels
     try:
         return cls(config)
     except (TypeError, ValueError, AssertionError, RuntimeError) as e:
-        why = _first_line(e)
+        why = first_line(e)
         raise ConfigError(f"model '{label}': cannot build {cls.__name__}: {why}") from None
 
 
@@ -208,7 +202,7 @@ def external_inputs(name: str, options: Mapping[str, Any]) -> str:
     source, rest = _source(name)
     if source != "hf":
         return "images"
-    return _hf_setup(rest, options, "model")[2]
+    return hf_setup(import_transformers(), rest, options, "model")[2]
 
 
 def check_tokens_fit(
@@ -216,7 +210,7 @@ def check_tokens_fit(
 ) -> None:
     """Refuse a Hugging Face text model whose embeddings cannot take the dataset's token ids
     (ids up to ``vocab_size - 1``) or its sequence length."""
-    _, config, _ = _hf_setup(_source(name)[1], options, "model")
+    _, config, _ = hf_setup(import_transformers(), _source(name)[1], options, "model")
     for key, need, what in (
         ("vocab_size", vocab_size, "token ids"),
         ("max_position_embeddings", seq_len, "positions"),
@@ -296,7 +290,7 @@ def _construct(label: str, options: Mapping[str, Any], build) -> nn.Module:
                 f"model.{key}: '{label}' has no option '{key}'{did_you_mean(key, allowed)}{listed}"
             ) from None
         given = ", ".join(f"{k}={show(v)}" for k, v in options.items())
-        raise ConfigError(f"model '{label}' with {given}: {_first_line(e)}") from None
+        raise ConfigError(f"model '{label}' with {given}: {first_line(e)}") from None
 
 
 def _constructor_keys(build) -> list[str]:
@@ -349,147 +343,3 @@ def _adapt_first_conv(model: nn.Module, in_channels: int, label: str) -> None:
     )
     parent, _, child = path.rpartition(".")
     setattr(model.get_submodule(parent), child, new)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
-# ---- Hugging Face configs -------------------------------------------------------------------
-
-
-def _hf_setup(rest: str, options: Mapping[str, Any], where: str):
-    """``(model class, config with options applied, "images" | "tokens")`` of ``hf:rest``."""
-    tr = import_transformers()
-    path, raw = _read_hf_config(rest)
-    configuration_auto, modeling_auto = (
-        tr.models.auto.configuration_auto,
-        tr.models.auto.modeling_auto,
-    )
-    model_type = raw.get("model_type")
-    known = configuration_auto.CONFIG_MAPPING_NAMES
-    if not isinstance(model_type, str) or not model_type:
-        raise ConfigError(
-            f"Hugging Face config {path}: no 'model_type' key; a config.json names its model "
-            'type, e.g. "model_type": "bert"'
-        )
-    if model_type not in known:
-        raise ConfigError(
-            f"Hugging Face config {path}: unknown model_type '{model_type}'"
-            f"{did_you_mean(model_type, known)}; transformers {tr.__version__} does not have it"
-        )
-    kwargs = {k: v for k, v in raw.items() if k != "model_type"}
-    try:
-        config = tr.AutoConfig.for_model(model_type, **kwargs)
-    except (TypeError, ValueError, KeyError, AttributeError) as e:
-        raise ConfigError(f"Hugging Face config {path}: {_first_line(e)}") from None
-    _apply_hf_options(config, options, f"hf:{rest}", where)
-    heads = {
-        "tokens": modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
-        "images": modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
-    }
-    classes = {c: kind for kind, table in heads.items() for c in _class_names(table.values())}
-    archs = raw.get("architectures")
-    if archs:
-        if not isinstance(archs, list) or not isinstance(archs[0], str):
-            raise ConfigError(
-                f"Hugging Face config {path}: 'architectures' must be a list of class names, "
-                f"got {show(archs)}"
-            )
-        arch = archs[0]
-        if arch not in classes:
-            raise ConfigError(
-                f"Hugging Face config {path}: architectures names '{arch}', not a sequence or "
-                f"image classification model{did_you_mean(arch, classes)}; set it to a "
-                "...ForSequenceClassification or ...ForImageClassification class, or remove it"
-            )
-        kind = classes[arch]
-    else:
-        kind = "images" if hasattr(config, "num_channels") else "tokens"
-        table = heads[kind]
-        if model_type not in table:
-            head = "ImageClassification" if kind == "images" else "SequenceClassification"
-            raise ConfigError(
-                f"Hugging Face config {path}: model_type '{model_type}' has no ...For{head} "
-                "model in transformers; choose a model type that has one"
-            )
-        arch = _class_names([table[model_type]])[0]
-    cls = getattr(tr, arch, None)
-    if cls is None:
-        raise ConfigError(f"Hugging Face config {path}: transformers has no class '{arch}'")
-    return cls, config, kind
-
-
-def _class_names(values) -> list[str]:
-    out = []
-    for v in values:
-        out.extend([v] if isinstance(v, str) else list(v))
-    return out
-
-
-def _read_hf_config(rest: str) -> tuple[Path, dict]:
-    """The JSON mapping of a config file (or of ``config.json`` in a directory)."""
-    path = Path(rest).expanduser()
-    if path.is_dir():
-        path = path / "config.json"
-    what = f"Hugging Face config {path}"
-    try:
-        with path.open("rb") as f:
-            data = f.read(MAX_CONFIG_BYTES + 1)
-    except FileNotFoundError:
-        raise ConfigError(f"{what}: file not found; give the path of a config.json") from None
-    except OSError as e:
-        raise ConfigError(f"{what}: cannot read it: {e.strerror or e}") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{what}: larger than {MAX_CONFIG_BYTES} bytes; not a config.json")
-    try:
-        raw = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"{what}: not UTF-8 text; a config is a JSON file") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(
-            f"{what}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}"
-        ) from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{what}: expected a JSON object, got {type(raw).__name__}")
-    return path, raw
-
-
-def _apply_hf_options(config, options: Mapping[str, Any], label: str, where: str) -> None:
-    """Set each option on the config; a key the config does not have, or a value of another
-    kind than the config's own, is a ConfigError."""
-    allowed = sorted(
-        k for k in config.to_dict() if not k.startswith("_") and k not in _RESERVED["hf"]
-    )
-    for key, value in options.items():
-        if key not in allowed:
-            raise ConfigError(
-                f"{where}.{key}: '{label}' has no config key '{key}'"
-                f"{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}"
-            )
-        current = getattr(config, key, None)
-        kind, got = _kind(current), _kind(value)
-        widened = kind == "a number" and got == "an integer"
-        if kind is not None and value is not None and got != kind and not widened:
-            raise ConfigError(
-                f"{where}.{key}: '{label}' takes {kind} (the config has "
-                f"{show(current)}), got {show(value)}"
-            )
-        setattr(config, key, value)
-
-
-def _kind(value: Any) -> str | None:
-    if isinstance(value, bool):
-        return "true or false"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return None

@@ -12,18 +12,13 @@ it). Its ``weight`` and ``bias`` get the same kind of mask, one entry per channe
 ``set_mask`` keeps it in step with the layer's filters: channel ``k`` is dropped exactly when
 every weight of filter ``k`` is, with the same zeroing of parameters and optimizer state.
 
-Candidates are Conv1d/Conv2d and Linear modules, Hugging Face ``Conv1D`` (type ``linear``; its
-weight is stored ``(in, out)``, so its structure is wrapped in ``structures.Transposed`` and
-groups keep their meaning on the ``(out, in)`` view) and the fused ``in_proj_weight`` of an
-``nn.MultiheadAttention`` (type ``linear``, named ``<module>.in_proj_weight``: a Parameter of the
-attention module, not of a Linear). The ``head`` structure is bound here to the projections of
-the attention modules ``attention.find_attention`` finds (``Layer.block``).
-
-Tied weights: when one Parameter is held by several modules (GPT-2's ``lm_head.weight`` is
-``transformer.wte.weight``), the first pruned candidate holding it owns it: the same mask (the
-same parametrization object) is attached to every other holder (``Layer.ties``), so the shared
-tensor is masked the same way wherever it is used, trained through that mask, and baked once; a
-later candidate holding it is left dense, with a note naming the owner.
+Layers are chosen among the candidates of ``candidates`` (Conv, Linear, Hugging Face ``Conv1D``,
+the fused ``in_proj_weight`` of ``nn.MultiheadAttention``); the first conv and the classifier are
+left dense by default (``classifier``). A ``Conv1D`` weight is stored ``(in, out)``, so its
+structure is wrapped in ``structures.Transposed`` and groups keep their meaning on the
+``(out, in)`` view. The ``head`` structure is bound here to the projections of the attention
+modules ``attention.find_attention`` finds (``Layer.block``). A Parameter held by several modules
+is masked once for all of them (``ties``).
 """
 
 from __future__ import annotations
@@ -39,8 +34,10 @@ from ..core.errors import ConfigError
 from ..recipe.config import SparsityConfig
 from ..structures import Head, Structure, Transposed, parse_structure
 from .attention import AttentionBlock, Part, find_attention, is_conv1d
-
-LAYER_TYPES = {"conv": (nn.Conv1d, nn.Conv2d), "linear": (nn.Linear,)}
+from .candidates import LAYER_TYPES, candidate_tensors
+from .candidates import candidate_layers as candidate_layers  # imported from here by callers
+from .classifier import default_exclude
+from .ties import tie_layers
 
 
 @dataclass
@@ -107,160 +104,6 @@ def _matches(name: str, patterns) -> bool:
 
 def _matches_any(pattern: str, names) -> bool:
     return any(fnmatch.fnmatchcase(n, pattern) for n in names)
-
-
-def is_candidate(module: nn.Module, types=("conv", "linear")) -> bool:
-    """Whether ``module``'s ``weight`` is a candidate of these layer types."""
-    classes = tuple(c for t in types for c in LAYER_TYPES[t])
-    return isinstance(module, classes) or ("linear" in types and is_conv1d(module))
-
-
-def candidate_layers(model: nn.Module, types=("conv", "linear")) -> list[tuple[str, nn.Module]]:
-    """The modules whose ``weight`` is a candidate (Conv, Linear, Hugging Face Conv1D)."""
-    return [(n, m) for n, m in model.named_modules() if is_candidate(m, types)]
-
-
-def candidate_tensors(
-    model: nn.Module, types=("conv", "linear")
-) -> list[tuple[str, nn.Module, str]]:
-    """``(layer name, module, tensor name)`` of every candidate in model order: the modules of
-    ``candidate_layers`` (tensor ``weight``) and, for type ``linear``, the fused
-    ``in_proj_weight`` of every ``nn.MultiheadAttention`` (named ``<module>.in_proj_weight``)."""
-    out = []
-    for n, m in model.named_modules():
-        if is_candidate(m, types):
-            out.append((n, m, "weight"))
-        elif (
-            "linear" in types
-            and isinstance(m, nn.MultiheadAttention)
-            and isinstance(m.in_proj_weight, nn.Parameter)
-        ):
-            out.append((f"{n}.in_proj_weight" if n else "in_proj_weight", m, "in_proj_weight"))
-    return out
-
-
-def default_exclude(model: nn.Module, example_inputs=None) -> list[str]:
-    """The first conv and the classifier (``classifier_layers``): left dense by default, as in
-    Campfire, Mao et al. and StructADMM, since they hold few weights and much accuracy."""
-    convs = [n for n, m in candidate_layers(model, ("conv",))]
-    out = convs[:1]
-    return out + [n for n in classifier_layers(model, example_inputs) if n not in out]
-
-
-def classifier_layers(model: nn.Module, example_inputs=None) -> list[str]:
-    """The layers that write the model's output, by the first rule that finds any:
-
-    1. with ``example_inputs`` (a tensor, a tuple of positional inputs or a mapping of keyword
-       inputs): the candidate layers whose output tensor the model returns (itself, or inside the
-       tuple/list/mapping it returns, as Hugging Face's ``logits``), else the last one called;
-    2. the head the model declares: Hugging Face ``get_output_embeddings()`` (a language model's
-       ``lm_head``), timm ``get_classifier()``; a module holding several candidates gives its
-       last one;
-    3. a Hugging Face model (one with ``dummy_inputs``): rule 1's first part on its own dummy
-       inputs (``BertForSequenceClassification``: ``classifier``, never ``bert.pooler.dense``);
-    4. the last Linear in module order, else the last conv (every model of the zoo).
-
-    A run (rules 1 and 3) is done in eval mode without gradients; training flags are restored.
-    """
-    if example_inputs is not None:
-        found, called = _output_layers(model, example_inputs)
-        if found or called:
-            return found or called[-1:]
-    declared = _declared_head(model)
-    if declared:
-        return declared
-    dummy = _dummy_inputs(model)
-    if dummy is not None:
-        try:
-            found, _ = _output_layers(model, dummy)
-        except Exception:  # noqa: BLE001 (a model whose dummy inputs do not fit: next rule)
-            found = []
-        if found:
-            return found
-    layers = candidate_layers(model)
-    linears = [n for n, m in layers if isinstance(m, nn.Linear)]
-    convs = [n for n, m in layers if isinstance(m, LAYER_TYPES["conv"])]
-    return linears[-1:] or convs[-1:]
-
-
-def _declared_head(model: nn.Module) -> list[str]:
-    names = {id(m): n for n, m in model.named_modules()}
-    for attr in ("get_output_embeddings", "get_classifier"):
-        fn = getattr(model, attr, None)
-        if not callable(fn):
-            continue
-        try:
-            head = fn()
-        except Exception:  # noqa: BLE001 (HF backbones raise NotImplementedError here)
-            continue
-        if not isinstance(head, nn.Module) or id(head) not in names:
-            continue
-        if is_candidate(head):
-            return [names[id(head)]]
-        inside = [n for n, m in head.named_modules() if is_candidate(m)]
-        if inside:
-            return [_join(names[id(head)], inside[-1])]
-    return []
-
-
-def _join(a: str, b: str) -> str:
-    return f"{a}.{b}" if a and b else a or b
-
-
-def _dummy_inputs(model: nn.Module):
-    if not isinstance(getattr(type(model), "dummy_inputs", None), property):
-        return None
-    try:
-        dummy = model.dummy_inputs
-    except Exception:  # noqa: BLE001 (a model without dummy inputs of its own)
-        return None
-    return dummy if isinstance(dummy, dict) and dummy else None
-
-
-@torch.no_grad()
-def _output_layers(model: nn.Module, inputs) -> tuple[list[str], list[str]]:
-    """``(candidate layers whose output the model returns, candidate layers in call order)`` in a
-    run on ``inputs`` (eval mode, no gradients, training flags restored)."""
-    outputs: dict[int, str] = {}
-    called: list[str] = []
-    keep: list[torch.Tensor] = []  # holds the outputs so their ids stay theirs during the run
-
-    def hook_for(name):
-        def hook(_m, _args, out):
-            if isinstance(out, torch.Tensor):
-                keep.append(out)
-                outputs[id(out)] = name
-                called.append(name)
-
-        return hook
-
-    flags = {m: m.training for m in model.modules()}
-    handles = [m.register_forward_hook(hook_for(n)) for n, m in candidate_layers(model)]
-    try:
-        model.eval()
-        if isinstance(inputs, dict):
-            result = model(**inputs)
-        elif isinstance(inputs, tuple):
-            result = model(*inputs)
-        else:
-            result = model(inputs)
-    finally:
-        for h in handles:
-            h.remove()
-        for m, flag in flags.items():
-            m.training = flag
-    found = [outputs[id(t)] for t in _tensors(result) if id(t) in outputs]
-    return list(dict.fromkeys(found)), called
-
-
-def _tensors(obj) -> list[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, dict):
-        return [t for v in obj.values() for t in _tensors(v)]
-    if isinstance(obj, (tuple, list)):
-        return [t for v in obj for t in _tensors(v)]
-    return []
 
 
 def _bind(structure: Structure, part: Part | None, block: AttentionBlock | None, transposed: bool):
@@ -401,50 +244,13 @@ def select_layers(
                 f"pruned: {', '.join(left)}; change sparsity.include/exclude to prune them, or "
                 "drop the override"
             )
-    _tie(model, layers)
+    tie_layers(model, layers)
     if prunes and all(layer.structure is None for layer in layers) and cfg.target > 0:
         raise ConfigError(
             "sparsity: no layer selected to prune (include/exclude/types leave nothing); "
             f"candidates: {', '.join(n for n, _, _ in candidate_tensors(model))}"
         )
     return layers
-
-
-def _tie(model: nn.Module, layers: list[Layer]) -> None:
-    """Give every pruned layer the other holders of its Parameter (``Layer.ties``); a later
-    pruned layer holding a Parameter already owned is left dense, masked with the owner."""
-    holders: dict[int, list[tuple[str, nn.Module, str]]] = {}
-    seen: set[tuple[int, str]] = set()
-    for mname, m in model.named_modules(remove_duplicate=False):
-        for pname, p in m._parameters.items():
-            if p is not None and (id(m), pname) not in seen:
-                seen.add((id(m), pname))
-                holders.setdefault(id(p), []).append((_join(mname, pname), m, pname))
-    owners: dict[int, Layer] = {}
-    for layer in layers:
-        if layer.structure is None:
-            continue
-        key = id(layer.param)
-        owner = owners.get(key)
-        if owner is not None:
-            layer.structure, layer.block = None, ""
-            layer.note = f"no structure of its own: tied to '{owner.name}' (one Parameter)"
-            continue
-        owners[key] = layer
-        others = tuple(
-            h for h in holders.get(key, []) if not (h[1] is layer.module and h[2] == layer.tensor)
-        )
-        if others:
-            layer.ties = others
-            tied = ", ".join(h[0] for h in others)
-            layer.note = "; ".join(n for n in (layer.note, f"tied with {tied}: one mask") if n)
-    for layer in layers:
-        owner = owners.get(id(layer.param))
-        if owner is None or owner is layer or "tied to" in layer.note:
-            continue
-        layer.note = "; ".join(
-            n for n in (layer.note, f"masked with '{owner.name}' (tied Parameter)") if n
-        )
 
 
 class Mask(nn.Module):
