@@ -230,3 +230,33 @@ def test_analyze_refuses_attacks_on_token_data_before_any_work(tmp_path, capsys,
         "--attacks: the attacks move pixels, and dataset 'synthetic-tokens' holds token ids; "
         "analyze a text model without --attacks"
     ) in err
+
+
+def test_sensitivity_prunes_conv1d_output_units_on_the_out_in_view():
+    from sparsegrain.analysis.sensitivity import layer_sensitivity
+
+    tr = import_transformers()
+    torch.manual_seed(0)
+    cfg = tr.GPT2Config(
+        n_embd=32, n_layer=1, n_head=4, vocab_size=100, n_positions=16, num_labels=3,
+        pad_token_id=0,
+    )  # fmt: skip
+    model = tr.GPT2ForSequenceClassification(cfg).eval()
+    ids = torch.randint(1, 100, (4, 8), generator=torch.Generator().manual_seed(0))
+    loader = [(ids, torch.tensor([0, 1, 2, 0]))]
+    fc = model.transformer.h[0].mlp.c_fc  # weight (32, 128): (in, out)
+    zero_units = []
+
+    def record(module, inputs, output):
+        zero_units.append(int((module.weight == 0).all(dim=0).sum()))
+
+    handle = fc.register_forward_hook(record)
+    try:
+        sens = layer_sensitivity(
+            model, loader, ["transformer.h.0.mlp.c_fc"], structure="filter", sparsities=[0.5]
+        )
+    finally:
+        handle.remove()
+    assert sens.achieved["transformer.h.0.mlp.c_fc"] == {0.5: 0.5}
+    assert zero_units == [0, 64]  # baseline, then 64 of 128 output units (stored columns)
+    assert bool((fc.weight != 0).all())  # restored

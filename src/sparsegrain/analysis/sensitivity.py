@@ -27,8 +27,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..core.errors import ConfigError, unknown_name
-from ..sparsity.masking import candidate_layers, default_exclude
-from ..structures import check_sparsity, parse_structure
+from ..sparsity.attention import is_conv1d
+from ..sparsity.candidates import candidate_layers
+from ..sparsity.classifier import default_exclude
+from ..structures import Transposed, check_sparsity, parse_structure
 from .robustness import top1
 
 DEFAULT_SPARSITIES = (0.0, 0.25, 0.5, 0.75, 0.9)
@@ -118,7 +120,7 @@ def layer_sensitivity(
     chosen = _select(model, layers)
     skipped, todo = {}, []
     for name, module in chosen:
-        reason = st.fits(tuple(module.weight.shape))
+        reason = _on(st, module).fits(tuple(module.weight.shape))
         if reason is None:
             todo.append((name, module))
         else:
@@ -139,14 +141,21 @@ def layer_sensitivity(
         for name, module in todo:
             if bar is not None:
                 bar.set_postfix_str(name)
-            out[name] = _scan_layer(module, st, levels, score, baseline, evaluate, bar)
+            on = _on(st, module)
+            out[name] = _scan_layer(module, on, levels, score, baseline, evaluate, bar)
             shape = tuple(module.weight.shape)
             out.params[name] = module.weight.numel()
-            out.achieved[name] = {s: st.achieved_sparsity(shape, s) for s in levels}
+            out.achieved[name] = {s: on.achieved_sparsity(shape, s) for s in levels}
     finally:
         if bar is not None:
             bar.close()
     return out
+
+
+def _on(st, module):
+    """The structure as it applies to ``module``'s stored weight (Hugging Face ``Conv1D``
+    stores it (in, out): the structure goes on its (out, in) view)."""
+    return Transposed(st) if is_conv1d(module) else st
 
 
 def _scan_layer(module, st, levels, score, baseline, evaluate, bar) -> dict[float, float]:
