@@ -73,6 +73,11 @@ def hf_vit():
     return HF.ViTForImageClassification(cfg)
 
 
+def hf_distilbert():
+    cfg = HF.DistilBertConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=64, vocab_size=100)
+    return HF.DistilBertForSequenceClassification(cfg)
+
+
 def hf_gpt2():
     cfg = HF.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=100, n_positions=16)
     return HF.GPT2LMHeadModel(cfg)
@@ -108,6 +113,7 @@ MODELS = {
     "hf_bert": (hf_bert, vit("*attention*"), tokens),
     "hf_vit": (hf_vit, vit("*attention*"), image),
     "hf_gpt2": (hf_gpt2, vit("*.attn.c_*"), tokens),
+    "hf_distilbert": (hf_distilbert, vit("*attention*"), tokens),
 }
 SLOW = {"tv_efficientnet_b0", "tv_regnet_y_400mf", "tv_resnet18"}
 

@@ -89,13 +89,21 @@ class Graph:
 
 def is_attention(m: nn.Module) -> bool:
     """An attention block: ``nn.MultiheadAttention``, timm's ``Attention`` (fused ``qkv`` and
-    ``num_heads``), a Hugging Face self-attention (``query``/``key``/``value`` Linears)."""
+    ``num_heads``), a Hugging Face self-attention (``query``/``key``/``value``,
+    ``q_proj``/``k_proj``/``v_proj`` or ``q_lin``/``k_lin``/``v_lin`` Linears)."""
     if isinstance(m, nn.MultiheadAttention):
         return True
     children = dict(m.named_children())
     if "qkv" in children and hasattr(m, "num_heads"):
         return True
-    return all(isinstance(children.get(k), nn.Module) for k in ("query", "key", "value"))
+    return any(
+        all(isinstance(children.get(k), nn.Module) for k in names)
+        for names in (
+            ("query", "key", "value"),
+            ("q_proj", "k_proj", "v_proj"),
+            ("q_lin", "k_lin", "v_lin"),
+        )
+    )
 
 
 def is_conv1d_transposed(m: nn.Module) -> bool:

@@ -8,10 +8,11 @@ packages is imported here):
   the module itself, rows ``[q; k; v]``) and ``out_proj`` (a Linear);
 - ``timm``: timm's ``Attention`` (``qkv`` Linear ``(3*H*d, E)``, ``proj``, ``num_heads``,
   ``head_dim``; the reshape in its forward puts q, k and v in three blocks of ``H*d`` rows);
-- ``hf``: Hugging Face self-attention with separate ``query``/``key``/``value`` (BERT) or
-  ``q_proj``/``k_proj``/``v_proj`` (ViT) Linears, ``num_attention_heads`` and
-  ``attention_head_size`` or ``head_dim``; the output projection is the sibling output module's
-  ``dense`` (``BertSelfOutput``, ``ViTSelfOutput``), or the module's own ``o_proj``/``out_proj``;
+- ``hf``: Hugging Face self-attention with separate ``query``/``key``/``value`` (BERT),
+  ``q_proj``/``k_proj``/``v_proj`` (ViT) or ``q_lin``/``k_lin``/``v_lin`` (DistilBERT) Linears,
+  ``num_attention_heads`` (or ``n_heads``) and ``attention_head_size`` or ``head_dim``; the
+  output projection is the sibling output module's ``dense`` (``BertSelfOutput``,
+  ``ViTSelfOutput``), or the module's own ``o_proj``/``out_proj``/``out_lin``;
 - ``gpt2``: GPT-2's attention (``c_attn`` and ``c_proj`` are ``Conv1D``: weights stored
   ``(in, out)``; ``split_size`` splits the fused output into q, k and v).
 
@@ -154,11 +155,15 @@ def _timm(name: str, m: nn.Module) -> AttentionBlock | None:
     return AttentionBlock(name, "timm", h, d, parts)
 
 
-_QKV_NAMES = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"))
+_QKV_NAMES = (
+    ("query", "key", "value"),
+    ("q_proj", "k_proj", "v_proj"),
+    ("q_lin", "k_lin", "v_lin"),
+)
 
 
 def _hf(name: str, m: nn.Module, modules: dict[str, nn.Module]) -> AttentionBlock | None:
-    h = _int_attr(m, "num_attention_heads")
+    h = _int_attr(m, "num_attention_heads", "n_heads")
     d = _int_attr(m, "attention_head_size", "head_dim")
     names = next((t for t in _QKV_NAMES if all(hasattr(m, n) for n in t)), None)
     if not (h and d and names) or not all(
@@ -175,7 +180,7 @@ def _hf(name: str, m: nn.Module, modules: dict[str, nn.Module]) -> AttentionBloc
 def _hf_output(name: str, m: nn.Module, modules, inner: int) -> Part | None:
     """The output projection: the module's own ``o_proj``/``out_proj``, else the ``dense`` of a
     sibling module (BERT's and ViT's ``*SelfOutput``)."""
-    for child in ("o_proj", "out_proj"):
+    for child in ("o_proj", "out_proj", "out_lin"):
         lin = getattr(m, child, None)
         if isinstance(lin, nn.Linear) and lin.in_features == inner:
             return _linear_part(name, child, lin, "out")

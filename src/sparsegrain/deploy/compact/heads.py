@@ -315,7 +315,9 @@ def _rebuild(model: nn.Module, block: AttentionBlock, heads: list[int]) -> None:
     if block.kind == "timm":
         m.num_heads, m.attn_dim = k, k * d
     elif block.kind == "hf":
-        m.num_attention_heads = k
+        for attr in ("num_attention_heads", "n_heads"):
+            if hasattr(m, attr):
+                setattr(m, attr, k)
         if hasattr(m, "all_head_size"):
             m.all_head_size = k * d
     elif block.kind == "gpt2":

@@ -241,8 +241,8 @@ def _notes(cg: ChannelGraph, plan: Plan, pins, keep, blocked) -> None:
                 reason = pins[root][0]
             elif blocked.get(root):
                 reason = (
-                    "constant but non-zero (e.g. the BN shift of a zeroed filter) and read "
-                    "through zero padding, where no bias is exact (training with "
+                    "constant but non-zero (the BN shift or the bias of a zeroed filter) and "
+                    "read through zero padding, where no bias is exact (training with "
                     "sparsity.prune_bn makes such BN channels exactly 0)"
                 )
             elif live.get(root):
