@@ -10,7 +10,9 @@ For each model: one-shot magnitude pruning at 50% (``sparsify_`` with method ``o
 removes whole units on it (``filter`` for convs and Linears, ``neuron`` for MLP hidden units,
 ``head`` for attention), then ``finalize_`` and ``compact``. Printed per model: parameters and
 MACs dense / compacted / ideal (every zero filter, neuron and head removed, pinned or not), the
-fraction of the ideal reduction reached, how many layers keep zero filters (each has a note),
+fraction of the ideal reduction reached, how many layers were pruned (and how many ``couple``
+left dense because compaction could not have removed their filters), how many layers keep zero
+filters (each has a note),
 the max abs diff between the compacted and the masked model on the example input, the tracer
 used, and the ONNX check (onnxruntime vs the compacted model, max abs diff).
 """
@@ -114,12 +116,15 @@ def run(name: str, size: int, onnx: bool) -> dict:
     x = example(size)()
     recipe = {"method": "oneshot", "target": 0.5, "couple": True, **part}
     t0 = time.perf_counter()
-    sparsegrain.sparsify_(model, recipe, steps_per_epoch=1, example_inputs=x)
+    sp = sparsegrain.sparsify_(model, recipe, steps_per_epoch=1, example_inputs=x)
+    left_dense = sum(1 for layer in sp.layers if layer.note.startswith("left dense"))
+    pruned = sum(1 for layer in sp.layers if layer.structure is not None)
     sparsegrain.finalize_(model)
     r = compact(model, x)
     seconds = time.perf_counter() - t0
     row = {
         "model": name,
+        "layers": {"pruned": pruned, "left_dense": left_dense, "targeted": len(sp.layers)},
         "params": [r.params_before, r.params_after, r.params_ideal],
         "macs": [r.macs_before, r.macs_after, r.macs_ideal],
         "reached": r.reached,
