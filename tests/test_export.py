@@ -79,8 +79,22 @@ def test_export_plain_safetensors(run, tmp_path, capsys):
     assert meta["model"]["name"] == "resnet_tiny"
 
 
+def test_export_compacted_folded_channels_last(run, tmp_path, capsys):
+    out = tmp_path / "f.safetensors"
+    args = ["--run", run, "--out", out, "--compact", "--fold-bn", "--channels-last"]
+    assert export(*args) == 0
+    checks = diffs(capsys.readouterr().out)
+    assert all(d <= 1e-5 for d in checks.values()) and len(checks) == 2
+    back, meta = load_compact(out)
+    assert meta["channels_last"] is True and "bn1" in meta["folded"]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in back.modules())
+    model, x, ref = masked(run)
+    with torch.no_grad():
+        assert float((back(x) - ref).abs().max()) <= 1e-5
+
+
 @needs_ort
-@pytest.mark.parametrize("flags", [[], ["--compact"]])
+@pytest.mark.parametrize("flags", [[], ["--compact"], ["--compact", "--fold-bn"]])
 def test_export_onnx(run, tmp_path, capsys, flags):
     import onnxruntime
 

@@ -185,6 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--compact", action="store_true", help="remove zeroed filters/channels first")
     ex.add_argument(
+        "--fold-bn",
+        action="store_true",
+        help="with --compact: fold BatchNorms into the convs before them (inference form)",
+    )
+    ex.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="with --compact: hand the model over in channels_last memory format",
+    )
+    ex.add_argument(
         "--format",
         default="safetensors",
         choices=["safetensors", "onnx", "compressed"],

@@ -158,6 +158,8 @@ def export(args) -> int:
         args.run,
         args.out,
         compact=args.compact,
+        fold_bn=args.fold_bn,
+        channels_last=args.channels_last,
         fmt=args.format,
         bits=args.bits,
         force=args.force,

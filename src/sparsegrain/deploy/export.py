@@ -86,6 +86,8 @@ def export_run(
     out: str | Path,
     *,
     compact: bool = False,
+    fold_bn: bool = False,
+    channels_last: bool = False,
     fmt: str = "safetensors",
     bits: int | None = None,
     force: bool = False,
@@ -98,7 +100,8 @@ def export_run(
     and shapes, the output names).
 
     Every flag and the output path are checked before the work: ``out`` is never a file the
-    export reads or a run's own file unless ``force``."""
+    export reads or a run's own file unless ``force``. ``fold_bn`` and ``channels_last`` (with
+    ``compact`` only) give the compacted model its inference form (``compact``'s options)."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format: unknown format '{fmt}'; choose from: {', '.join(FORMATS)}")
     if fmt == "compressed" and compact:
@@ -106,6 +109,9 @@ def export_run(
             "--compact and --format compressed exclude each other: the compressed format stores "
             "the masked model with its structures"
         )
+    for flag, on in (("--fold-bn", fold_bn), ("--channels-last", channels_last)):
+        if on and not compact:
+            raise ConfigError(f"{flag} applies to --compact only (the compacted model is rebuilt)")
     if bits is not None and fmt != "compressed":
         raise ConfigError("--bits applies to --format compressed only")
     if bits is not None and bits not in (16, 32):
@@ -123,7 +129,7 @@ def export_run(
     record: dict[str, Any] = {"format": fmt, "path": str(out), "compact": None, "checks": {}}
     result = None
     if compact:
-        result = compact_model(model, x)
+        result = compact_model(model, x, fold_bn=fold_bn, channels_last=channels_last)
         record["compact"] = result.to_dict()
         record["checks"]["compacted vs masked model"] = result.max_abs_diff
         log(result.format())

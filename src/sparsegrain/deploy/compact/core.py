@@ -15,6 +15,7 @@ from ...core.fx import CONVS
 from ...core.tables import format_table
 from ...graph import channel_graph, is_conv1d_transposed
 from ...sparsity.handle import finalize_
+from .fold import fold_pair_, foldable_pairs
 from .heads import compact_heads_
 from .plan import LayerChannels, plan_compaction
 from .rebuild import apply_folds, shrink_
@@ -45,6 +46,8 @@ class CompactResult:
     params_ideal: int = 0
     macs_ideal: int = 0
     heads: dict[str, list[int]] = field(default_factory=dict)
+    folded: dict[str, str] = field(default_factory=dict)  # BatchNorm -> the layer it went into
+    channels_last: bool = False
 
     @property
     def macs_ratio(self) -> float:
@@ -80,6 +83,8 @@ class CompactResult:
             "macs_ideal": self.macs_ideal,
             "reached": self.reached,
             "heads": self.heads,
+            "folded": self.folded,
+            "channels_last": self.channels_last,
             "layers": {n: s.to_dict() for n, s in self.layers.items()},
             "notes": self.notes,
         }
@@ -164,7 +169,14 @@ def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def compact(model: nn.Module, example_input, *, tolerance: float = 1e-4) -> CompactResult:
+def compact(
+    model: nn.Module,
+    example_input,
+    *,
+    tolerance: float = 1e-4,
+    fold_bn: bool = False,
+    channels_last: bool = False,
+) -> CompactResult:
     """Return a smaller copy of ``model`` without the filters and channels that provably do not
     change its outputs (rule: ``sparsegrain.compact.plan``); ``model`` itself is not changed.
 
@@ -206,6 +218,13 @@ def compact(model: nn.Module, example_input, *, tolerance: float = 1e-4) -> Comp
     shrink_(work, plan.layers)
     apply_folds(work, plan.bias_delta, plan.mean_delta, plan.layers)
     work.eval()
+    folded = {}
+    if fold_bn:
+        for layer, norm in foldable_pairs(work, example_input):
+            fold_pair_(work, layer, norm)
+            folded[norm] = layer
+    if channels_last:
+        work = work.to(memory_format=torch.channels_last)
     diff = max_abs_diff(ref, _outputs(work, example_input))
     scale = max((float(t.abs().max()) for t in ref if t.numel()), default=1.0)
     if not diff <= tolerance * max(1.0, scale):
@@ -229,6 +248,8 @@ def compact(model: nn.Module, example_input, *, tolerance: float = 1e-4) -> Comp
         sizes_before=sizes,
         bias_added=added,
         tracer=tracer,
+        folded=folded,
+        channels_last=channels_last,
         params_ideal=min(params_ideal, params_after),
         macs_ideal=min(macs_ideal, macs_after),
         heads=heads,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ...core.errors import ConfigError
@@ -19,6 +20,7 @@ from ...core.io import load_tensors, save_tensors
 from ...models import create_model
 from ...runs.files import load_model_state
 from .core import CompactResult
+from .fold import apply_folds_layout_
 from .heads import apply_heads_
 from .plan import LayerChannels
 from .rebuild import shrink_
@@ -43,6 +45,8 @@ def save_compact(
         "model": model_spec,
         "layers": {n: s.to_dict() for n, s in result.layers.items()},
         "heads": result.heads,
+        "folded": result.folded,
+        "channels_last": result.channels_last,
         "check": {"max_abs_diff": result.max_abs_diff},
         "params": {"before": result.params_before, "after": result.params_after},
         "macs": {"before": result.macs_before, "after": result.macs_after},
@@ -75,7 +79,15 @@ def load_compact(path: str | Path, model: nn.Module | None = None) -> tuple[nn.M
     heads = meta.get("heads") or {}
     if not isinstance(heads, dict):
         raise ConfigError(f"{path}: 'heads' must map attention modules to kept head indices")
+    folded = meta.get("folded") or {}
+    if not isinstance(folded, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in folded.items()
+    ):
+        raise ConfigError(f"{path}: 'folded' must map BatchNorm names to layer names")
     apply_heads_(model, heads)
     shrink_(model, layers)
+    apply_folds_layout_(model, folded)
     load_model_state(model, tensors, str(path))
+    if meta.get("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
     return model.eval(), meta
