@@ -4,11 +4,17 @@ Fields are unsigned, most significant bit first, packed into zero-padded bytes. 
 float32 or float16 bit pattern (zeros as +0.0); gaps follow storage.py's csr rule; a subset of
 ``n`` of ``G`` positions ``c_0 < c_1 < ...`` is stored as its colexicographic rank
 ``sum_i C(c_i, i + 1)``.
+
+Every path is linear in the fields: fields go through numpy in chunks (whole bytes copied as
+bytes), and ranks are computed for all domains of a layer at once, in ``n`` passes, from a
+uint64 table of binomials when they fit in 63 bits, else from bands of Python integers (see
+``_wide_ranks``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -23,7 +29,7 @@ VALUE_BITS = {
     16: (torch.float16, torch.int16, np.uint16, np.float16),
 }
 _CHUNK = 1 << 16  # fields per numpy pass in the bit writer/reader (bounds temporary memory)
-_RANK_TABLE_LIMIT = 1 << 22  # binomial-table entries for vectorized ranks; Python ints above
+_RANK_TABLE_LIMIT = 1 << 22  # binomial-table entries for uint64 ranks; bands of Python ints above
 
 
 def check_bits(bits: BitWidths) -> BitWidths:
@@ -42,12 +48,45 @@ def check_bits(bits: BitWidths) -> BitWidths:
 # -- fields ---------------------------------------------------------------------------------------
 
 
+def _field_bits(v: np.ndarray, width: int) -> np.ndarray:
+    """The ``width`` low bits of every uint64 in ``v``, most significant first, as 0/1 uint8."""
+    if width == 1:
+        return v.astype(np.uint8)
+    octets = v.astype(">u8").view(np.uint8).reshape(-1, 8)[:, 8 - (width + 7) // 8 :]
+    return np.unpackbits(octets, axis=1)[:, (-width) % 8 :].reshape(-1)
+
+
+def _field_values(bits: np.ndarray, width: int) -> np.ndarray:
+    """Inverse of ``_field_bits``: ``(k * width,)`` bits -> ``k`` uint64 fields."""
+    if width == 1:
+        return bits.astype(np.uint64)
+    k, nb = bits.size // width, (width + 7) // 8
+    full = np.zeros((k, 8 * nb), dtype=np.uint8)
+    full[:, 8 * nb - width :] = bits.reshape(k, width)
+    octets = np.zeros((k, 8), dtype=np.uint8)
+    octets[:, 8 - nb :] = np.packbits(full, axis=1)
+    return octets.view(">u8").reshape(-1).astype(np.uint64)
+
+
 class BitWriter:
-    """Fixed-width unsigned fields, most significant bit first, packed into zero-padded bytes."""
+    """Fixed-width unsigned fields, most significant bit first, packed into zero-padded bytes.
+
+    Whole bytes are packed as they come; at most 7 bits wait for the next field. A field of 8, 16,
+    24 ... bits written at a byte boundary (the value codes that open every section) is copied as
+    bytes without going through single bits.
+    """
 
     def __init__(self) -> None:
-        self._bits: list[np.ndarray] = []
+        self._bytes: list[bytes] = []
+        self._tail = np.zeros(0, dtype=np.uint8)  # the bits after the last whole byte (< 8)
         self.nbits = 0
+
+    def _push_bits(self, bits: np.ndarray) -> None:
+        if self._tail.size:
+            bits = np.concatenate([self._tail, bits])
+        whole = bits.size - bits.size % 8
+        self._bytes.append(np.packbits(bits[:whole]).tobytes())
+        self._tail = bits[whole:]
 
     def write(self, values: Any, width: int) -> None:
         """Every entry of ``values`` (integers in ``[0, 2**width)``) in ``width`` bits (0..64)."""
@@ -56,24 +95,36 @@ class BitWriter:
             raise ValueError(f"field width must be in 0..64, got {width}")
         if width < 64 and v.size and (v >> np.uint64(width)).any():
             raise ValueError(f"a value does not fit in {width} bits")
-        if width == 0:
+        if width == 0 or v.size == 0:
             return
         for i in range(0, v.size, _CHUNK):
-            octets = v[i : i + _CHUNK].astype(">u8").view(np.uint8).reshape(-1, 8)
-            self._bits.append(np.unpackbits(octets, axis=1)[:, 64 - width :].reshape(-1))
+            part = v[i : i + _CHUNK]
+            if width % 8 == 0 and not self._tail.size:
+                octets = part.astype(">u8").view(np.uint8).reshape(-1, 8)
+                self._bytes.append(octets[:, 8 - width // 8 :].tobytes())
+            else:
+                self._push_bits(_field_bits(part, width))
         self.nbits += v.size * width
+
+    def write_ints(self, values: Sequence[int], width: int) -> None:
+        """Python integers in ``[0, 2**width)``, each in ``width`` bits (any width)."""
+        if any(x < 0 or x >> width for x in values):
+            raise ValueError(f"a value does not fit in {width} bits")
+        if width == 0 or not values:
+            return
+        nb = (width + 7) // 8
+        raw = np.frombuffer(b"".join(x.to_bytes(nb, "big") for x in values), dtype=np.uint8)
+        self._push_bits(np.unpackbits(raw.reshape(-1, nb), axis=1)[:, 8 * nb - width :].ravel())
+        self.nbits += len(values) * width
 
     def write_int(self, value: int, width: int) -> None:
         """One Python integer in ``[0, 2**width)`` in ``width`` bits (any width)."""
         if value < 0 or value >> width:
             raise ValueError(f"{value} does not fit in {width} bits")
-        if width:
-            raw = np.frombuffer(value.to_bytes((width + 7) // 8, "big"), dtype=np.uint8)
-            self._bits.append(np.unpackbits(raw)[-width:])
-            self.nbits += width
+        self.write_ints([value], width)
 
     def getvalue(self) -> bytes:
-        return np.packbits(np.concatenate(self._bits)).tobytes() if self._bits else b""
+        return b"".join(self._bytes) + np.packbits(self._tail).tobytes()
 
 
 class BitReader:
@@ -86,9 +137,12 @@ class BitReader:
             raise EOFError(f"{self.nbits} bits announced, {len(data) * 8} present")
         self.pos = 0
 
-    def _take(self, n: int) -> np.ndarray:
+    def _check(self, n: int) -> None:
         if self.pos + n > self.nbits:
             raise EOFError(f"needs {n} bits at bit {self.pos}, {self.nbits - self.pos} left")
+
+    def _take(self, n: int) -> np.ndarray:
+        self._check(n)
         start, off = divmod(self.pos, 8)
         bits = np.unpackbits(self._buf[start : -(-(self.pos + n) // 8)])[off : off + n]
         self.pos += n
@@ -99,19 +153,31 @@ class BitReader:
         out = np.zeros(count, dtype=np.uint64)
         if width == 0:
             return out
+        if width % 8 == 0 and self.pos % 8 == 0:  # whole bytes: no detour through single bits
+            self._check(count * width)
+            nb, start = width // 8, self.pos // 8
+            octets = np.zeros((count, 8), dtype=np.uint8)
+            octets[:, 8 - nb :] = self._buf[start : start + count * nb].reshape(count, nb)
+            self.pos += count * width
+            return octets.view(">u8").reshape(-1).astype(np.uint64)
         for i in range(0, count, _CHUNK):
             k = min(_CHUNK, count - i)
-            full = np.zeros((k, 64), dtype=np.uint8)
-            full[:, 64 - width :] = self._take(k * width).reshape(k, width)
-            out[i : i + k] = np.packbits(full, axis=1).view(">u8").reshape(-1)
+            out[i : i + k] = _field_values(self._take(k * width), width)
         return out
+
+    def read_ints(self, count: int, width: int) -> list[int]:
+        """``count`` fields of any width as Python integers."""
+        if width == 0:
+            return [0] * count
+        nb = (width + 7) // 8
+        full = np.zeros((count, 8 * nb), dtype=np.uint8)
+        full[:, 8 * nb - width :] = self._take(count * width).reshape(count, width)
+        raw = np.packbits(full, axis=1).tobytes()
+        return [int.from_bytes(raw[i : i + nb], "big") for i in range(0, count * nb, nb)]
 
     def read_int(self, width: int) -> int:
         """One field of any width as a Python integer."""
-        if width == 0:
-            return 0
-        bits = np.concatenate([np.zeros((-width) % 8, np.uint8), self._take(width)])
-        return int.from_bytes(np.packbits(bits).tobytes(), "big")
+        return self.read_ints(1, width)[0]
 
 
 # -- values and positions -------------------------------------------------------------------------
@@ -119,16 +185,19 @@ class BitReader:
 
 def value_codes(w: Tensor, value_bits: int) -> Tensor:
     """int64 codes of ``w`` (same shape): the float32 or float16 bit pattern; zeros as +0.0."""
-    fdt, idt, np_dt, _ = VALUE_BITS[value_bits]
-    w = torch.where(w == 0, torch.zeros_like(w), w).to(fdt)
-    return w.view(idt).to(torch.int64) & np.iinfo(np_dt).max
+    fdt, _, np_dt, _ = VALUE_BITS[value_bits]
+    w = w.detach().cpu()
+    # Zeros are found before the cast, so a value float16 rounds to -0.0 keeps its sign bit.
+    zero = (w == 0).numpy() if w.dtype == torch.bfloat16 else w.numpy() == 0
+    codes = w.to(fdt).contiguous().numpy().view(np_dt).astype(np.int64)
+    codes[zero] = 0
+    return torch.from_numpy(codes)
 
 
 def from_codes(codes: Tensor, value_bits: int, dtype: torch.dtype) -> Tensor:
     """Inverse of ``value_codes``, in ``dtype``."""
     _, _, np_dt, np_float = VALUE_BITS[value_bits]
-    arr = codes.numpy().astype(np_dt).view(np_float)
-    return torch.from_numpy(arr.copy()).to(dtype)
+    return torch.from_numpy(codes.numpy().astype(np_dt).view(np_float)).to(dtype)
 
 
 def relative_gaps(positions: np.ndarray, index_bits: int) -> tuple[np.ndarray, np.ndarray]:
@@ -168,16 +237,83 @@ def _comb_table(g: int, n: int) -> np.ndarray | None:
     return table
 
 
-def write_ranks(wr: BitWriter, pos: Tensor, g: int, n: int) -> None:
+def _wide_ranks(pos: np.ndarray, g: int, n: int) -> list[int]:
+    """Colex ranks of the rows of ``pos (D, n)`` as Python integers, ``n`` passes over the rows.
+
+    Term ``i`` of a rank is ``C(c_i, i + 1)`` with ``i <= c_i <= i + g - n``, so pass ``i`` needs
+    one band of ``W = g - n + 1`` binomials, ``band[t] = C(i + t, i + 1)``; the next band is the
+    running sum of this one (Pascal: ``C(c, j + 1) = sum_{c' < c} C(c', j)``). Object arrays keep
+    the integers exact and do the additions in C: ``n * (W + D)`` big-integer additions in all.
+    """
+    w = g - n + 1
+    band = np.arange(w, dtype=np.int64).astype(object)  # C(t, 1) = t
+    acc = np.zeros(pos.shape[0], dtype=object)
+    for i in range(n):
+        if i:
+            nxt = np.empty(w, dtype=object)
+            nxt[0] = 0  # C(i, i + 1)
+            nxt[1:] = np.cumsum(band[1:])
+            band = nxt
+        acc += band[pos[:, i] - i]
+    return acc.tolist()
+
+
+def _wide_positions(ranks: list[int], g: int, n: int) -> np.ndarray:
+    """Inverse of ``_wide_ranks`` for ranks below ``C(g, n)``: ``(D, n)`` ascending positions.
+
+    From the last term down, ``c_i`` is the largest ``c`` with ``C(c, i + 1) <= r``, found in
+    the band of pass ``i`` (``_largest_at_most``), then ``r -= C(c_i, i + 1)``; the band below is
+    this one's differences (``C(c, i) = C(c + 1, i + 1) - C(c, i + 1)``). This is the greedy
+    inverse of the colex rank, so every rank below ``C(g, n)`` gives the one subset it ranks.
+    """
+    d, w = len(ranks), g - n + 1
+    out = np.zeros((d, n), dtype=np.int64)
+    if n == 0:
+        return out
+    band = np.empty(w, dtype=object)  # C(n - 1 + t, n)
+    band[0] = 0
+    for t in range(1, w):
+        c = n - 1 + t
+        band[t] = 1 if t == 1 else band[t - 1] * c // (c - n)
+    rem = np.empty(d, dtype=object)
+    rem[:] = ranks
+    t = np.full(d, w - 1, dtype=np.int64)
+    for i in range(n - 1, -1, -1):
+        t = _largest_at_most(band, rem, t)
+        out[:, i] = t + i
+        rem -= band[t]
+        if i:
+            prev = np.empty(w, dtype=object)
+            prev[0] = band[0]
+            prev[1:] = band[1:] - band[:-1]
+            band = prev
+    return out
+
+
+def _largest_at_most(band: np.ndarray, rem: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """Per domain the largest ``t <= top`` with ``band[t] <= rem`` (``band`` ascending from
+    ``band[0] = 0``). ``t = c_i - i`` counts the empty groups below ``c_i``, so it never grows
+    from one term to the next and mostly stays or drops by a little: try ``top``, ``top - 1``,
+    ... ``top - 3`` before a binary search."""
+    t, miss = top.copy(), np.arange(top.size)
+    for _ in range(4):
+        miss = miss[~(band[t[miss]] <= rem[miss]).astype(bool)]
+        if not miss.size:
+            return t
+        t[miss] -= 1
+    t[miss] = np.searchsorted(band[: top.max() + 1], rem[miss], side="right") - 1
+    return t
+
+
+def write_ranks(wr: BitWriter, pos: Tensor | np.ndarray, g: int, n: int) -> None:
     """The rank of every row of ascending positions ``pos (D, n)`` in ``ceil(log2 C(g, n))``
     bits."""
-    width = ceil_log2(math.comb(g, n))
+    width, pos = ceil_log2(math.comb(g, n)), np.asarray(pos, dtype=np.int64)
     table = _comb_table(g, n)
     if table is not None:
-        wr.write(table[pos.numpy(), np.arange(1, n + 1)].sum(1, dtype=np.uint64), width)
-        return
-    for row in pos.tolist():
-        wr.write_int(sum(math.comb(c, i + 1) for i, c in enumerate(row)), width)
+        wr.write(table[pos, np.arange(1, n + 1)].sum(1, dtype=np.uint64), width)
+    elif pos.shape[0]:
+        wr.write_ints(_wide_ranks(pos, g, n), width)
 
 
 def read_ranks(rd: BitReader, d: int, g: int, n: int) -> Tensor:
@@ -193,16 +329,7 @@ def read_ranks(rd: BitReader, d: int, g: int, n: int) -> Tensor:
             out[:, i] = np.searchsorted(table[:, i + 1], r, side="right") - 1
             r = r - table[out[:, i], i + 1]
         return torch.from_numpy(out)
-    rows = []
-    for _ in range(d):
-        r, hi, row = rd.read_int(width), g - 1, [0] * n
-        if r >= total:
-            raise ValueError(f"a rank is >= C({g}, {n})")
-        for i in range(n - 1, -1, -1):
-            lo = i  # largest c in [i, hi] with C(c, i + 1) <= r
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                lo, hi = (mid, hi) if math.comb(mid, i + 1) <= r else (lo, mid - 1)
-            row[i], r, hi = lo, r - math.comb(lo, i + 1), lo - 1
-        rows.append(row)
-    return torch.tensor(rows, dtype=torch.int64).reshape(d, n)
+    ranks = rd.read_ints(d, width)
+    if any(r >= total for r in ranks):
+        raise ValueError(f"a rank is >= C({g}, {n})")
+    return torch.from_numpy(_wide_positions(ranks, g, n))

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ...analysis.storage import BitWidths, ceil_log2, encode
+from ...analysis.storage import BitWidths, ceil_log2
 from ...core.errors import unknown_name
 from ...structures import Structure, parse_structure, shape_4d
 from .bits import (
@@ -53,49 +53,59 @@ Levels = list[tuple[int, int, int]]  # (D, G, n) per quota level
 # -- writing --------------------------------------------------------------------------------------
 
 
-def _select(kept: Tensor, n: int) -> Tensor:
+def _select(kept: np.ndarray, n: int) -> np.ndarray:
     """``(D, n)`` ascending positions per domain: the kept groups, then the first empty ones."""
-    order = torch.sort((~kept).to(torch.uint8), dim=1, stable=True).indices[:, :n]
-    return order.sort(dim=1).values
+    if kept.size == 0:
+        return np.zeros((kept.shape[0], n), dtype=np.int64)
+    # The first n - (kept count) empty groups of each domain fill it up to n.
+    room = n - np.count_nonzero(kept, axis=1)
+    pick = kept | (np.cumsum(~kept, axis=1) <= room[:, None])
+    return np.nonzero(pick)[1].reshape(kept.shape[0], n)
 
 
 def _quota_select(codes4: Tensor, occ4: Tensor, st: Structure):
     """Levels ``[(D, G, n)]`` of ``st.quota_levels``, each level's ``(D, n)`` positions, and the
-    ``(D, n, E)`` value codes of the last level."""
+    ``(D, n, E)`` value codes of the last level (numpy arrays)."""
     shape4 = tuple(occ4.shape)
     levels: Levels = []
-    sel: list[Tensor] = []
+    sel: list[np.ndarray] = []
     for level in st.quota_levels:
         if not levels:
-            occ_v, codes_v = level.group_view(occ4), level.group_view(codes4)
+            occ_v, codes_v = level.group_view(occ4).numpy(), level.group_view(codes4).numpy()
         else:  # this level's domains are the groups the level above selected
             _, g, e = level.layout(shape4)
             occ_v, codes_v = occ_v.reshape(-1, g, e), codes_v.reshape(-1, g, e)
         kept = occ_v.any(-1)
-        n = int(kept.sum(1).max()) if kept.numel() else 0
+        n = int(np.count_nonzero(kept, axis=1).max()) if kept.size else 0
         pos = _select(kept, n)
-        idx = pos[..., None].expand(-1, -1, occ_v.shape[-1])
-        occ_v, codes_v = occ_v.gather(1, idx), codes_v.gather(1, idx)
+        occ_v = np.take_along_axis(occ_v, pos[..., None], axis=1)
+        codes_v = np.take_along_axis(codes_v, pos[..., None], axis=1)
         levels.append((*kept.shape, n))
         sel.append(pos)
     return levels, sel, codes_v
 
 
 def _write_entries(
-    wr: BitWriter, codes2: Tensor, kept: Tensor, addressing: str, bits: BitWidths
+    wr: BitWriter, codes2: Tensor, kept: Tensor, addressing: str | None, bits: BitWidths
 ) -> dict:
-    """csr and group: the kept rows of ``codes2 (groups, E)``, addressed relative or by bitmap."""
-    kept_codes = codes2[kept]
+    """csr and group: the kept rows of ``codes2 (groups, E)``, addressed relative or by bitmap
+    (None: whichever storage.py counts as smaller)."""
+    kept_np = kept.numpy()
+    kept_codes = codes2.numpy()[kept_np]
+    gaps, real = relative_gaps(np.flatnonzero(kept_np), bits.index)
+    if addressing is None:  # storage.py's group rule: relative when smaller, ties to bitmap
+        fillers = gaps.size - len(kept_codes)
+        smaller = gaps.size * bits.index + fillers * codes2.shape[1] * bits.value < kept_np.size
+        addressing = "relative" if smaller else "bitmap"
     if addressing == "relative":
-        gaps, real = relative_gaps(kept.nonzero().reshape(-1).numpy(), bits.index)
         vals = np.zeros((gaps.size, codes2.shape[1]), dtype=np.int64)
-        vals[real] = kept_codes.numpy()
+        vals[real] = kept_codes
         wr.write(vals, bits.value)
         wr.write(gaps, bits.index)
     else:
-        vals = kept_codes.numpy()
+        vals = kept_codes
         wr.write(vals, bits.value)
-        wr.write(kept.numpy(), 1)
+        wr.write(kept_np, 1)
     counts = {"entries": len(vals), "fillers": len(vals) - len(kept_codes)}
     counts["addressing"] = addressing
     return counts
@@ -105,10 +115,10 @@ def _write_quota(
     wr: BitWriter, codes4: Tensor, occ4: Tensor, st: Structure, encoding: str, v: int
 ) -> dict:
     levels, sel, vals = _quota_select(codes4, occ4, st)
-    wr.write(vals.numpy(), v)
+    wr.write(vals, v)
     for (_, g, n), pos in zip(levels, sel):
         if encoding == "quota":
-            wr.write(pos.numpy(), ceil_log2(g))
+            wr.write(pos, ceil_log2(g))
         else:
             write_ranks(wr, pos, g, n)
     return {"levels": [list(lv) for lv in levels]}
@@ -120,24 +130,28 @@ def encode_layer(
     """One layer's section: ``{"data": bytes, "bits": exact bit count, "counts": {...}}``."""
     bits = check_bits(bits or BitWidths())
     st = parse_structure(structure)
-    costs = encode(weight, st, bits)  # also checks that the structure fits
-    if encoding not in costs:
-        raise unknown_name(f"encoding for structure {st.spec}", encoding, costs)
+    reason = st.fits(weight.shape)
+    if reason is not None:
+        raise ValueError(f"structure does not fit weight shape {tuple(weight.shape)}: {reason}")
+    names = ["bitmap", "csr"] + ["group"] * (st.index_group is not None)
+    names += ["quota", "quota-rank"] * st.balanced
+    if encoding not in names:
+        raise unknown_name(f"encoding for structure {st.spec}", encoding, names)
     w4 = weight.detach().cpu().reshape(shape_4d(weight.shape))
     codes4, occ4 = value_codes(w4, bits.value), w4 != 0
     wr = BitWriter()
     if encoding == "bitmap":
-        wr.write(codes4[occ4].numpy(), bits.value)
-        wr.write(occ4.reshape(-1).numpy(), 1)
-        counts = {"values": int(occ4.sum())}
+        occ = occ4.numpy().reshape(-1)
+        wr.write(codes4.numpy().reshape(-1)[occ], bits.value)
+        wr.write(occ, 1)
+        counts = {"values": int(np.count_nonzero(occ))}
     elif encoding == "csr":
         counts = _write_entries(wr, codes4.reshape(-1, 1), occ4.reshape(-1), "relative", bits)
     elif encoding == "group":
         gst = st.index_group
         e = gst.layout(tuple(occ4.shape))[2]
         kept = gst.group_view(occ4).any(-1).reshape(-1)
-        addressing = costs["group"].addressing
-        counts = _write_entries(wr, gst.group_view(codes4).reshape(-1, e), kept, addressing, bits)
+        counts = _write_entries(wr, gst.group_view(codes4).reshape(-1, e), kept, None, bits)
     else:
         counts = _write_quota(wr, codes4, occ4, st, encoding, bits.value)
     return {"data": wr.getvalue(), "bits": wr.nbits, "counts": counts}
@@ -161,10 +175,10 @@ def _check_levels(levels: Levels, st: Structure, shape4) -> None:
 def _read_positions(rd: BitReader, encoding: str, d: int, g: int, n: int) -> Tensor:
     if encoding == "quota-rank":
         return read_ranks(rd, d, g, n)
-    pos = torch.from_numpy(rd.read(d * n, ceil_log2(g)).astype(np.int64)).reshape(d, n)
-    if (pos >= g).any() or (pos.diff(dim=1) <= 0).any():
+    pos = rd.read(d * n, ceil_log2(g)).astype(np.int64).reshape(d, n)
+    if (pos >= g).any() or (np.diff(pos, axis=1) <= 0).any():
         raise ValueError("quota positions out of range or not ascending")
-    return pos
+    return torch.from_numpy(pos)
 
 
 def _decode_quota(rd: BitReader, st: Structure, shape4, encoding: str, counts, v: int) -> Tensor:
@@ -172,14 +186,14 @@ def _decode_quota(rd: BitReader, st: Structure, shape4, encoding: str, counts, v
     _check_levels(levels, st, shape4)  # type: ignore[arg-type]
     widths = [level.layout(shape4)[2] for level in st.quota_levels]  # E per level
     d_last, _, n_last = levels[-1]
-    inner = torch.from_numpy(rd.read(d_last * n_last * widths[-1], v).astype(np.int64))
-    sel = [_read_positions(rd, encoding, d, g, n) for d, g, n in levels]
+    inner = rd.read(d_last * n_last * widths[-1], v).astype(np.int64)
+    sel = [np.asarray(_read_positions(rd, encoding, d, g, n)) for d, g, n in levels]
     # Innermost level first: each scatters its values into the groups the level above kept.
     for (d, g, n), pos, e in reversed(list(zip(levels, sel, widths))):
-        view = torch.zeros(d, g, e, dtype=torch.int64)
-        view.scatter_(1, pos[..., None].expand(d, n, e), inner.reshape(d, n, e))
+        view = np.zeros((d, g, e), dtype=np.int64)
+        np.put_along_axis(view, pos[..., None], inner.reshape(d, n, e), axis=1)
         inner = view
-    return st.quota_levels[0].from_group_view(inner, shape4)
+    return st.quota_levels[0].from_group_view(torch.from_numpy(inner), shape4)
 
 
 def _decode_entries(
@@ -188,16 +202,17 @@ def _decode_entries(
     """csr (``gst`` None: one element per group) and group: the codes in ``(K, C, R, S)``."""
     d, g, e = (1, math.prod(shape4), 1) if gst is None else gst.layout(shape4)
     entries = int(counts["entries"])
-    vals = torch.from_numpy(rd.read(entries * e, bits.value).astype(np.int64)).reshape(entries, e)
-    view = torch.zeros(d * g, e, dtype=torch.int64)
+    vals = rd.read(entries * e, bits.value).astype(np.int64).reshape(entries, e)
+    view = np.zeros((d * g, e), dtype=np.int64)
     if counts.get("addressing", "relative") == "relative":
-        view[torch.from_numpy(gap_positions(rd.read(entries, bits.index), d * g))] = vals
+        view[gap_positions(rd.read(entries, bits.index), d * g)] = vals
     else:
-        kept = torch.from_numpy(rd.read(d * g, 1).astype(bool))
-        if int(kept.sum()) != entries:
+        kept = rd.read(d * g, 1).astype(bool)
+        if int(np.count_nonzero(kept)) != entries:
             raise ValueError("group bitmap and entry count disagree")
         view[kept] = vals
-    return view if gst is None else gst.from_group_view(view.reshape(d, g, e), shape4)
+    out = torch.from_numpy(view)
+    return out if gst is None else gst.from_group_view(out.reshape(d, g, e), shape4)
 
 
 def decode_layer(
@@ -219,11 +234,12 @@ def decode_layer(
     rd, v, numel = BitReader(data, nbits), bits.value, math.prod(shape4)
     if encoding == "bitmap":
         vals = rd.read(int(counts["values"]), v)
-        mask = torch.from_numpy(rd.read(numel, 1).astype(bool))
-        if int(mask.sum()) != vals.size:
+        mask = rd.read(numel, 1).astype(bool)
+        if int(np.count_nonzero(mask)) != vals.size:
             raise ValueError("bitmap and value count disagree")
-        codes = torch.zeros(numel, dtype=torch.int64)
-        codes[mask] = torch.from_numpy(vals.astype(np.int64))
+        flat = np.zeros(numel, dtype=np.int64)
+        flat[mask] = vals
+        codes = torch.from_numpy(flat)
     elif encoding == "csr":
         codes = _decode_entries(rd, None, shape4, counts, bits)
     elif encoding == "group" and st.index_group is not None:

@@ -1,0 +1,166 @@
+"""Compressed files in linear time: wide ranks by bands of binomials, byte-aligned fields copied as
+bytes, and files and sections of format version 1 (tests/data, written before these paths
+existed) read and written bit for bit."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sparsegrain.analysis.storage import BitWidths, ceil_log2, encode, layer_storage
+from sparsegrain.deploy.compressed import (
+    BitReader,
+    BitWriter,
+    decode_layer,
+    encode_layer,
+    read_compressed,
+)
+from sparsegrain.deploy.compressed.bits import read_ranks, write_ranks
+from sparsegrain.structures import parse_structure
+
+DATA = Path(__file__).parent / "data"
+
+
+def colex_rank(row) -> int:
+    return sum(math.comb(int(c), i + 1) for i, c in enumerate(row))
+
+
+def patterns(t: torch.Tensor) -> torch.Tensor:
+    """Bit patterns with zeros as +0.0 (the format does not keep a zero's sign)."""
+    t = torch.where(t == 0, torch.zeros_like(t), t)
+    return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
+# -- fields ---------------------------------------------------------------------------------------
+
+
+def test_byte_fields_at_and_off_a_byte_boundary():
+    wr = BitWriter()
+    wr.write([0x12345678, 0x9ABCDEF0], 32)  # byte aligned: copied as bytes
+    wr.write([1, 0, 1], 1)
+    wr.write([0xABCD], 16)  # 3 bits in: goes through single bits
+    wr.write_int(5, 5)  # back on a byte boundary
+    wr.write([0xFF], 8)
+    assert wr.nbits == 64 + 3 + 16 + 5 + 8
+    assert wr.getvalue() == bytes.fromhex("123456789abcdef0b579a5ff")
+    rd = BitReader(wr.getvalue(), wr.nbits)
+    assert rd.read(2, 32).tolist() == [0x12345678, 0x9ABCDEF0]
+    assert rd.read(3, 1).tolist() == [1, 0, 1]
+    assert rd.read(1, 16).tolist() == [0xABCD]
+    assert rd.read_int(5) == 5 and rd.read(1, 8).tolist() == [0xFF] and rd.pos == rd.nbits
+    with pytest.raises(EOFError):
+        rd.read(1, 8)
+
+
+def test_many_ints_in_one_call():
+    vals = [0, 1, 2**77 - 1, 12345678901234567890123]
+    wr = BitWriter()
+    wr.write([1], 1)
+    wr.write_ints(vals, 77)
+    assert wr.nbits == 1 + 4 * 77 and len(wr.getvalue()) == 39
+    rd = BitReader(wr.getvalue(), wr.nbits)
+    assert rd.read(1, 1).tolist() == [1] and rd.read_ints(4, 77) == vals
+    with pytest.raises(ValueError, match="does not fit in 77 bits"):
+        wr.write_ints([2**77], 77)
+
+
+# -- wide ranks -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("g,n", [(80, 40), (200, 1), (200, 199), (300, 100), (150, 150)])
+def test_wide_ranks_are_the_colex_rank(g, n):
+    rng = np.random.default_rng(g + n)
+    rows = [np.sort(rng.permutation(g)[:n]) for _ in range(5)]
+    rows += [np.arange(n), np.arange(g - n, g)]  # the first and the last subset
+    pos = torch.from_numpy(np.stack(rows).astype(np.int64))
+    width = ceil_log2(math.comb(g, n))
+    wr = BitWriter()
+    write_ranks(wr, pos, g, n)
+    assert wr.nbits == len(rows) * width
+    rd = BitReader(wr.getvalue(), wr.nbits)
+    ranks = rd.read_ints(len(rows), width)
+    assert ranks == [colex_rank(r) for r in rows]
+    assert ranks[-2:] == [0, math.comb(g, n) - 1]
+    back = read_ranks(BitReader(wr.getvalue(), wr.nbits), len(rows), g, n)
+    assert torch.equal(back, pos)
+
+
+def test_a_wide_rank_beyond_the_count_is_refused():
+    g, n = 80, 40  # C(80, 40) < 2**77: the largest 77-bit field is no rank
+    wr = BitWriter()
+    wr.write_ints([3, 2**77 - 1], 77)
+    with pytest.raises(ValueError, match=r"a rank is >= C\(80, 40\)"):
+        read_ranks(BitReader(wr.getvalue()), 2, g, n)
+
+
+def test_a_wide_layer_round_trips_at_the_predicted_bits():
+    # 64 filters of 1024 1x1 kernels, half kept: 64 ranks of ceil(log2 C(1024, 512)) = 1019 bits.
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(64, 1024, 1, 1, generator=g)
+    w = w * parse_structure("kernel-quota").mask(w, 0.5)
+    out = encode_layer(w, "kernel-quota", "quota-rank")
+    assert ceil_log2(math.comb(1024, 512)) == 1019
+    assert out["bits"] == encode(w, "kernel-quota")["quota-rank"].total == 64 * (512 * 32 + 1019)
+    assert layer_storage(w, "kernel-quota")["best"] == "quota-rank"
+    back = decode_layer(out["data"], w.shape, "kernel-quota", "quota-rank", out["counts"])
+    assert torch.equal(back, w)
+    rd = BitReader(out["data"], out["bits"])
+    rd.read(64 * 512, 32)
+    kept = (w.reshape(64, 1024) != 0).numpy()
+    assert rd.read_ints(64, 1019) == [colex_rank(np.flatnonzero(k)) for k in kept]
+
+
+# -- files and sections of format version 1 -------------------------------------------------------
+
+
+def test_version_1_file_reads_back_identically():
+    # tests/data/compressed_v1.sgc: bitmap, group and quota-rank layers (ranks of 65, 77 and 111
+    # bits among them), a float16 layer left dense, BN statistics; written before this code.
+    # Layers i, j, k hold irregular masks (quota domains padded with empty groups).
+    ref = load_file(DATA / "compressed_v1.safetensors")
+    sd, meta = read_compressed(DATA / "compressed_v1.sgc")
+    layers = [f"{name}.weight" for name in "abcdefghijk"]
+    assert list(sd) == layers + ["a.bias", "bn.running_mean", "bn.num_batches_tracked"] + [
+        "dense.weight"
+    ]
+    assert sorted(sd) == sorted(ref)
+    for k in ref:
+        assert sd[k].dtype == ref[k].dtype and sd[k].shape == ref[k].shape, k
+        assert torch.equal(patterns(sd[k]), patterns(ref[k])), k
+    encodings = {t["layer"]: t["encoding"] for t in meta["tensors"] if "encoding" in t}
+    assert encodings == {
+        "a": "bitmap",
+        "b": "group",
+        **{name: "quota-rank" for name in "cdefgh"},
+        **{name: "bitmap" for name in "ijk"},
+    }
+
+
+def test_version_1_sections_are_written_and_read_bit_for_bit():
+    ref = load_file(DATA / "compressed_v1.safetensors")
+    # Every encoding of every layer of the file above at two bit widths; the section bytes are
+    # tensors "000", "001", ... of compressed_v1_sections.safetensors.
+    sections = json.loads((DATA / "compressed_v1_sections.json").read_text())
+    blobs = load_file(DATA / "compressed_v1_sections.safetensors")
+    assert len(sections) == len(blobs) == 94
+    assert {s["encoding"] for s in sections} == {"bitmap", "csr", "group", "quota", "quota-rank"}
+    padded = [s for s in sections if s["layer"] in "ijk" and s["encoding"] == "quota-rank"]
+    assert [s["counts"]["levels"] for s in padded[::2]] == [
+        [[5, 90, 49]],
+        [[4, 6, 6], [24, 9, 8]],
+        [[32, 9, 6]],
+    ]
+    for i, s in enumerate(sections):
+        bits = BitWidths(value=s["value_bits"], index=s["index_bits"])
+        w, data = ref[f"{s['layer']}.weight"], blobs[f"{i:03d}"].numpy().tobytes()
+        out = encode_layer(w, s["structure"], s["encoding"], bits)
+        assert out["data"] == data and out["bits"] == s["bits"], s["layer"]
+        assert out["counts"] == s["counts"]
+        assert out["bits"] == encode(w, s["structure"], bits)[s["encoding"]].total
+        back = decode_layer(data, w.shape, s["structure"], s["encoding"], s["counts"], bits)
+        want = w if bits.value == 32 else w.to(torch.float16).to(torch.float32)
+        assert torch.equal(patterns(back), patterns(want)), (s["layer"], s["encoding"])
