@@ -73,8 +73,11 @@ def sparse_kernels(model, x, target: float):
 
 
 @torch.inference_mode()
-def interleaved(variants: dict, x: torch.Tensor, repeats: int, min_time: float) -> dict:
-    """Median seconds per forward of each variant, rounds interleaved."""
+def interleaved(
+    variants: dict, x: torch.Tensor, repeats: int, min_time: float, rounds: dict | None = None
+) -> dict:
+    """Median seconds per forward of each variant, rounds interleaved; ``rounds``, when given,
+    receives every round's time per variant (round ``i`` of each ran back to back)."""
     calls = {}
     for name, m in variants.items():  # warm-up, and calls per sample so each lasts >= min_time
         m(x)
@@ -88,6 +91,8 @@ def interleaved(variants: dict, x: torch.Tensor, repeats: int, min_time: float) 
             for _ in range(calls[name]):
                 m(x)
             times[name].append((time.perf_counter() - t0) / calls[name])
+    if rounds is not None:
+        rounds.update(times)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
