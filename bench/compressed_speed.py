@@ -15,10 +15,10 @@ weights, each loaded tensor copied once so that every byte is read, as ``decode_
 its section (best of 5, from the page cache: a floor for safetensors).
 
 The last rows time the whole file: ``write_compressed`` + ``read_compressed`` of the state_dict
-(each layer in storage.py's best encoding, the storage analysis included) against safetensors on
-the same state_dict. Every layer's written bits equal its predicted bits; the file is ``ratio``
-times ``predicted_bytes`` (sections are padded to whole bytes). One run; the machine may be
-noisy, so read the ratios.
+(each layer in storage.py's best encoding, the choice included; the wide ranks of layers that
+share ``(G, n)`` computed together) against safetensors on the same state_dict. Every layer's
+written bits equal its predicted bits; the file is ``ratio`` times ``predicted_bytes``
+(sections are padded to whole bytes). One run; the machine may be noisy, so read the ratios.
 """
 
 from __future__ import annotations

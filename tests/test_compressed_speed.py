@@ -16,10 +16,18 @@ from sparsegrain.deploy.compressed import (
     BitReader,
     BitWriter,
     decode_layer,
+    decode_layers,
     encode_layer,
+    encode_layers,
+    ranks,
     read_compressed,
 )
-from sparsegrain.deploy.compressed.bits import read_ranks, write_ranks
+from sparsegrain.deploy.compressed.ranks import (
+    read_ranks,
+    read_ranks_many,
+    write_ranks,
+    write_ranks_many,
+)
 from sparsegrain.structures import parse_structure
 
 DATA = Path(__file__).parent / "data"
@@ -164,3 +172,117 @@ def test_version_1_sections_are_written_and_read_bit_for_bit():
         back = decode_layer(data, w.shape, s["structure"], s["encoding"], s["counts"], bits)
         want = w if bits.value == 32 else w.to(torch.float16).to(torch.float32)
         assert torch.equal(patterns(back), patterns(want)), (s["layer"], s["encoding"])
+
+
+# -- wide ranks: windows of rows, many layers at once ----------------------------------------------
+
+
+def _subsets(g: int, n: int, rng) -> np.ndarray:
+    """Random subsets and ones that stretch the row windows: runs at either end, one cluster,
+    a sparse start and a dense end, the first and the last subset."""
+    rows = [np.sort(rng.permutation(g)[:n]) for _ in range(6)]
+    k, dense = int(rng.integers(0, g - n + 1)), n - n // 4
+    rows += [np.arange(n), np.arange(g - n, g), np.arange(k, k + n)]
+    rows += [np.concatenate([np.arange(n // 2), np.arange(g - (n - n // 2), g)])]
+    sparse = rng.choice(g - dense, n // 4, replace=False)
+    rows += [np.sort(np.concatenate([sparse, np.arange(g - dense, g)]))]
+    return np.stack(rows).astype(np.int64)
+
+
+@pytest.mark.parametrize(
+    "g,n", [(70, 35), (3000, 9), (3000, 2991), (257, 128), (600, 300), (1000, 40)]
+)
+def test_wide_ranks_of_stretched_windows(g, n):
+    pos = _subsets(g, n, np.random.default_rng(g * n))
+    assert all(len(set(r.tolist())) == n for r in pos)
+    width = ceil_log2(math.comb(g, n))
+    assert width > 63  # the Python-integer path
+    wr = BitWriter()
+    write_ranks(wr, pos, g, n)
+    assert BitReader(wr.getvalue(), wr.nbits).read_ints(len(pos), width) == [
+        colex_rank(r) for r in pos
+    ]
+    assert torch.equal(
+        read_ranks(BitReader(wr.getvalue(), wr.nbits), len(pos), g, n), torch.from_numpy(pos)
+    )
+
+
+def test_ranks_of_many_jobs_equal_ranks_job_by_job(monkeypatch):
+    calls = []
+    for name in ("_wide_ranks", "_wide_positions"):
+        real = getattr(ranks, name)
+        monkeypatch.setattr(ranks, name, lambda *a, _f=real, _n=name: calls.append(_n) or _f(*a))
+    rng = np.random.default_rng(5)
+    specs = [(80, 40), (300, 150), (80, 40), (40, 20), (300, 150), (300, 149), (80, 40)]
+    pos = [_subsets(g, n, rng)[: 3 + i] for i, (g, n) in enumerate(specs)]  # different D
+    one = [BitWriter() for _ in specs]
+    for wr, p, (g, n) in zip(one, pos, specs):
+        wr.write([1], 1)  # off a byte boundary
+        write_ranks(wr, p, g, n)
+    many = [BitWriter() for _ in specs]
+    for wr in many:
+        wr.write([1], 1)
+    calls.clear()
+    write_ranks_many([(wr, p, g, n) for wr, p, (g, n) in zip(many, pos, specs)])
+    assert calls == ["_wide_ranks"] * 3  # one set of passes per (G, n); C(40, 20) by the table
+    assert [wr.getvalue() for wr in many] == [wr.getvalue() for wr in one]
+    readers = [BitReader(wr.getvalue(), wr.nbits) for wr in one]
+    for rd in readers:
+        assert rd.read(1, 1).tolist() == [1]
+    calls.clear()
+    back = read_ranks_many([(rd, len(p), g, n) for rd, p, (g, n) in zip(readers, pos, specs)])
+    assert calls == ["_wide_positions"] * 3
+    assert all(torch.equal(b, torch.from_numpy(p)) for b, p in zip(back, pos))
+    assert all(rd.pos == rd.nbits for rd in readers)
+    wr = BitWriter()
+    wr.write_ints([math.comb(300, 150)], ceil_log2(math.comb(300, 150)))  # one past the last rank
+    with pytest.raises(ValueError, match=r"a rank is >= C\(300, 150\)"):
+        read_ranks_many([(BitReader(wr.getvalue()), 1, 300, 150)])
+
+
+def test_layers_encoded_together_give_the_sections_of_one_at_a_time():
+    g = torch.Generator().manual_seed(11)
+    layers = []
+    for shape, spec, sparsity in [
+        ((16, 96, 1, 1), "kernel-quota", 0.5),  # C(96, 48): 92-bit ranks
+        ((8, 96, 1, 1), "kernel-quota", 0.5),  # same (G, n), other D
+        ((6, 96, 3, 3), "kernel-quota", 0.25),
+        ((8, 70), "kernel-quota", 0.5),
+        ((6, 80, 3, 3), "combined", 0.6),  # two levels
+        ((4, 8, 3, 3), "window", 0.5),
+    ]:
+        w = torch.randn(shape, generator=g)
+        layers.append((w * parse_structure(spec).mask(w, sparsity), spec, "quota-rank"))
+    w = layers[0][0].clone()
+    w[3] = 0  # a filter with no kept kernel: padded with its first empty groups
+    layers.append((w, "kernel-quota", "quota-rank"))
+    layers.append((layers[0][0], "kernel-quota", "group"))
+    together = encode_layers(layers)
+    for (w, spec, enc), out in zip(layers, together):
+        assert out == encode_layer(w, spec, enc)
+        assert out["bits"] == encode(w, spec)[enc].total
+    assert together[-2]["counts"]["levels"] == [[16, 96, 48]]
+    sections = [
+        (out["data"], w.shape, spec, enc, out["counts"], torch.float32, out["bits"])
+        for (w, spec, enc), out in zip(layers, together)
+    ]
+    for (w, _, _), back in zip(layers, decode_layers(sections)):
+        assert torch.equal(back, w)
+
+
+def test_value_codes_are_written_and_read_as_bytes():
+    codes = np.array([0x3F800000, 0x80000001, 0, 0xFFFFFFFF], dtype=np.uint32)
+    fast, slow = BitWriter(), BitWriter()
+    fast.write(codes, 32)  # uint32 codes at a byte boundary: copied as bytes
+    slow.write(codes.tolist(), 32)
+    assert fast.getvalue() == slow.getvalue() == bytes.fromhex("3f8000008000000100000000ffffffff")
+    fast.write([1], 1)
+    fast.write(codes[:1], 32)  # off the boundary: through single bits
+    assert fast.nbits == 4 * 32 + 1 + 32
+    rd = BitReader(fast.getvalue(), fast.nbits)
+    assert rd.read_codes(4, 32).tolist() == codes.tolist()
+    assert rd.read_bits(1).tolist() == [1] and rd.read_codes(1, 32).tolist() == [0x3F800000]
+    half = BitWriter()
+    half.write(np.array([0x3C00, 1], dtype=np.uint16), 16)
+    assert half.getvalue() == bytes.fromhex("3c000001")
+    assert BitReader(half.getvalue()).read_codes(2, 16).dtype == np.uint16

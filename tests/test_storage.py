@@ -3,6 +3,7 @@
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import assume, given, settings
@@ -11,16 +12,18 @@ from hypothesis import strategies as hs
 from sparsegrain.analysis.storage import (
     ENCODINGS,
     BitWidths,
+    best_encoding,
     bound,
     ceil_log2,
     encode,
     format_storage,
     layer_storage,
     log2_comb,
+    mask_fillers,
     model_storage,
     relative_fillers,
 )
-from sparsegrain.structures import parse_structure
+from sparsegrain.structures import parse_structure, shape_4d
 
 B = BitWidths()  # value 32, index 4: a csr entry is 36 bits, the largest gap 15
 
@@ -283,3 +286,106 @@ def test_large_layer_uses_lgamma_and_stays_below_bitmap():
     assert bound(m, "fine") <= costs["bitmap"].total
     exact = math.log2(math.comb(36864, 18432))
     assert bound(m, "fine") == pytest.approx(exact + 18432 * 32, rel=1e-12)
+
+
+# -- the numpy counts against a plain reference ---------------------------------------------------
+
+
+def _reference_fillers(positions: torch.Tensor, b: int) -> int:
+    if positions.numel() == 0:
+        return 0
+    gaps = torch.diff(positions.to(torch.int64), prepend=positions.new_zeros(1))
+    return int(((gaps - 1).clamp(min=0) // (2**b - 1)).sum())
+
+
+def _reference_storage(w: torch.Tensor, spec: str, bits: BitWidths) -> dict:
+    """The counts of the module doc written plainly in torch: every position listed, every
+    reduction a torch reduction (the computation layer_storage made before it used numpy)."""
+    st = parse_structure(spec)
+    occ4 = (w != 0).reshape(shape_4d(w.shape))
+    numel, nnz = occ4.numel(), int(occ4.sum())
+    v, b = bits.value, bits.index
+    fill = _reference_fillers(occ4.reshape(-1).nonzero().reshape(-1), b)
+    costs = {
+        "bitmap": (nnz * v, numel, 0, ""),
+        "csr": ((nnz + fill) * v, (nnz + fill) * b, fill, ""),
+    }
+    terms = [log2_comb(numel, nnz) + nnz * v]
+    if st.index_group is not None:
+        view = st.index_group.group_view(occ4)
+        kept, e = view.any(-1).reshape(-1), view.shape[-1]
+        k = int(kept.sum())
+        f = _reference_fillers(kept.nonzero().reshape(-1), b)
+        rel = ((k + f) * b, f * e * v)
+        if sum(rel) < kept.numel():
+            costs["group"] = (k * e * v + rel[1], rel[0], f, "relative")
+        else:
+            costs["group"] = (k * e * v, kept.numel(), 0, "bitmap")
+        terms.append(log2_comb(kept.numel(), k) + k * e * v)
+    if st.balanced:
+        levels = []
+        for level in st.quota_levels:
+            kept = level.group_view(occ4).any(-1)
+            d = kept.shape[0] if not levels else levels[-1][0] * levels[-1][2]
+            levels.append((d, kept.shape[1], int(kept.sum(1).max())))
+        d, _, n = levels[-1]
+        values = d * n * st.quota_levels[-1].layout(tuple(occ4.shape))[2] * v
+        costs["quota"] = (values, sum(d * n * ceil_log2(g) for d, g, n in levels), 0, "")
+        rank = sum(d * ceil_log2(math.comb(g, n)) for d, g, n in levels)
+        costs["quota-rank"] = (values, rank, 0, "")
+        terms.append(sum(d * log2_comb(g, n) for d, g, n in levels) + values)
+    totals = {name: c[0] + c[1] for name, c in costs.items()}
+    best = min((name for name in ENCODINGS if name in totals), key=totals.__getitem__)
+    return {"costs": costs, "totals": totals, "best": best, "bound": min(terms), "nnz": nnz}
+
+
+_SPECS = ("fine", "vector", "kernel", "filter", "channel", "shape", "window", "kernel-quota")
+_SPECS += ("combined", "nm:2:4", "nm:1:8", "block:2x3")
+_SHAPES = ((6, 5, 3, 3), (8, 16, 1, 1), (4, 7, 3), (12, 24), (16, 40, 3, 3))
+
+
+@pytest.mark.parametrize("spec", _SPECS)
+def test_counts_equal_the_plain_reference_on_random_masks(spec):
+    st = parse_structure(spec)
+    rng = torch.Generator().manual_seed(len(spec))
+    cases = 0
+    for shape in _SHAPES:
+        if st.fits(shape) is not None:
+            continue
+        for density in (0.0, 0.01, 0.05, 0.2, 0.5, 0.9, 1.0):
+            w = torch.randn(shape, generator=rng)
+            w = w * (torch.rand(shape, generator=rng) < density)
+            if density in (0.2, 0.5) and st.balanced:  # structured: whole groups, balanced
+                w = w * st.mask(w, 1 - density)
+            for bits in (BitWidths(), BitWidths(index=1), BitWidths(index=2), BitWidths(16, 3)):
+                ref, row = _reference_storage(w, spec, bits), layer_storage(w, spec, bits)
+                assert row["nnz"] == ref["nnz"] and row["best"] == ref["best"]
+                assert {k: row[k] for k in ref["totals"]} == ref["totals"]
+                assert set(row["detail"]) == set(ref["totals"])
+                for name, (value, index, fillers, addressing) in ref["costs"].items():
+                    assert row["detail"][name] == {
+                        "value": value, "index": index, "fillers": fillers,
+                        "addressing": addressing,
+                    }  # fmt: skip
+                assert row["bound"] == ref["bound"]
+                name, cost = best_encoding(w, spec, bits)
+                assert (name, cost.total) == (ref["best"], ref["totals"][ref["best"]])
+                cases += 1
+    assert cases >= 4 * 7 * 2
+
+
+@pytest.mark.parametrize("b", [1, 2, 3, 4, 5])
+def test_fillers_from_runs_equal_fillers_from_gaps(b):
+    rng = np.random.default_rng(b)
+    for n in (1, 2, 3, 10, 31, 32, 33, 200, 1000):
+        for density in (0.0, 0.02, 0.1, 0.3, 0.7, 1.0):
+            occ = rng.random(n) < density
+            if density == 0.02 and n > 3:  # long runs at both ends and inside
+                occ[:] = False
+                occ[[n // 3, n // 3 + 1, n - 2]] = True
+            want = _reference_fillers(torch.from_numpy(np.flatnonzero(occ)), b)
+            assert mask_fillers(occ, b) == want, (n, density)
+            assert relative_fillers(np.flatnonzero(occ), b) == want
+    assert mask_fillers(np.array([False] * 40 + [True]), 4) == 2  # gap 40 = 15 + 15 + 10
+    assert mask_fillers(np.array([True] + [False] * 40 + [True]), 4) == 2  # gap 41
+    assert mask_fillers(np.array([True] + [False] * 40), 4) == 0  # nothing after the run

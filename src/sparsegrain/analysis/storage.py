@@ -61,6 +61,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -70,6 +71,7 @@ from ..structures import Structure, as_4d, parse_structure
 ENCODINGS = ("bitmap", "csr", "group", "quota", "quota-rank")
 DENSE_NOTE = "a layer left dense is stored dense: BitWidths.dense (32) bits per weight"
 _EXACT_LIMIT = 4096  # log2 C(n, k) from exact integers up to this n, from lgamma above
+_NUMPY_FLOATS = (torch.float32, torch.float64, torch.float16)  # compared with 0 in numpy
 
 
 @dataclass(frozen=True)
@@ -124,29 +126,86 @@ def log2_comb(n: int, k: int) -> float:
     return (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)) / math.log(2)
 
 
-def relative_fillers(positions: Tensor, index_bits: int) -> int:
+def relative_fillers(positions: Tensor | np.ndarray, index_bits: int) -> int:
     """Filler entries the csr rule needs for sorted ``positions`` with ``index_bits`` per gap.
 
     ``gap_1 = p_1`` (counted from position 0), ``gap_i = p_i - p_{i-1}``; a gap ``g`` needs
     ``max(0, (g - 1) // (2**index_bits - 1))`` fillers.
     """
-    if positions.numel() == 0:
+    if isinstance(positions, Tensor):
+        positions = positions.detach().cpu().numpy()
+    p = np.asarray(positions, dtype=np.int64).reshape(-1)
+    if p.size == 0:
         return 0
-    p = positions.reshape(-1).to(torch.int64)
-    gaps = torch.diff(p, prepend=p.new_zeros(1))
-    return int(((gaps - 1).clamp(min=0) // (2**index_bits - 1)).sum())
+    gaps = np.diff(p, prepend=0)
+    return int((np.maximum(gaps - 1, 0) // ((1 << index_bits) - 1)).sum())
+
+
+def _all_ones(z: np.ndarray, width: int) -> np.ndarray:
+    """``out[i] = z[i] & z[i + 1] & ... & z[i + width - 1]`` for bool ``z`` (``width >= 1``),
+    by doubling: ``log2 width`` passes over bytes instead of a pass over int64 positions."""
+    w, k = z, 1
+    while 2 * k <= width and w.size:
+        w, k = w[:-k] & w[k:], 2 * k
+    if k < width and w.size:
+        w = w[: max(w.size - (width - k), 0)] & w[width - k :]
+    return w
+
+
+def mask_fillers(occupied: np.ndarray, index_bits: int) -> int:
+    """``relative_fillers`` of the positions of the True entries of the bool vector
+    ``occupied``, from its runs of empty positions (no position list is built).
+
+    Only a run of at least ``L = 2**index_bits - 1`` empty positions needs a filler: a run of
+    ``z`` between two entries is a gap ``z + 1`` (``z // L`` fillers), the run before the first
+    entry is a gap ``z`` (``(z - 1) // L``), and the run after the last entry costs nothing.
+    """
+    occ = np.asarray(occupied, dtype=bool).reshape(-1)
+    cap = (1 << index_bits) - 1
+    if cap >= occ.size or not occ.any():
+        return 0
+    starts = np.flatnonzero(_all_ones(~occ, cap))  # windows of cap empty positions
+    if starts.size == 0:
+        return 0
+    # Consecutive window starts belong to one run; a run of z empties holds z - cap + 1 starts.
+    cut = np.flatnonzero(np.diff(starts) != 1) + 1
+    first = starts[np.concatenate(([0], cut))]
+    z = np.diff(np.concatenate(([0], cut, [starts.size]))) + cap - 1
+    fill = z // cap
+    fill[first == 0] = (z[first == 0] - 1) // cap  # the run before the first entry
+    fill[first + z == occ.size] = 0  # the run after the last entry
+    return int(fill.sum())
 
 
 # -- occupancy at each level ----------------------------------------------------------------------
 
 
-def _kept_groups(occ4: Tensor, st: Structure) -> tuple[Tensor, int]:
+def _view(occ4: np.ndarray, st: Structure) -> np.ndarray:
+    """``st.group_view`` of a bool numpy ``(K, C, R, S)`` array: ``(D, G, E)``, a view."""
+    return st.group_view(torch.from_numpy(occ4)).numpy()
+
+
+def any_last(view: np.ndarray) -> np.ndarray:
+    """``view.any(-1)``; for short groups an OR of the ``E`` slices, several times faster than
+    numpy's reduction over a short last axis."""
+    e = view.shape[-1]
+    if e == 0:
+        return np.zeros(view.shape[:-1], dtype=bool)
+    if e > 32:
+        return view.any(-1)
+    out = view[..., 0].copy()
+    for i in range(1, e):
+        out |= view[..., i]
+    return out
+
+
+def _kept_groups(occ4: np.ndarray, st: Structure) -> tuple[np.ndarray, int]:
     """Bool ``(D*G,)`` kept groups in ``group_view`` order, and ``E``."""
-    view = st.group_view(occ4)
-    return view.any(-1).reshape(-1), view.shape[-1]
+    view = _view(occ4, st)
+    return any_last(view).reshape(-1), view.shape[-1]
 
 
-def _levels(occ4: Tensor, st: Structure) -> list[tuple[int, int, int]]:
+def _levels(occ4: np.ndarray, st: Structure) -> list[tuple[int, int, int]]:
     """Balanced description: ``[(D, G, n), ...]`` per level of ``st.quota_levels``.
 
     ``n`` is the largest count over the level's domains; below the first level the domains
@@ -154,13 +213,13 @@ def _levels(occ4: Tensor, st: Structure) -> list[tuple[int, int, int]]:
     """
     levels: list[tuple[int, int, int]] = []
     for level in st.quota_levels:
-        kept = level.group_view(occ4).any(-1)
+        kept = any_last(_view(occ4, level))
         d = kept.shape[0] if not levels else levels[-1][0] * levels[-1][2]
-        levels.append((d, kept.shape[1], int(kept.sum(1).max())))
+        levels.append((d, kept.shape[1], int(np.count_nonzero(kept, axis=1).max())))
     return levels
 
 
-def _last_values(occ4: Tensor, st: Structure, levels: list[tuple[int, int, int]]) -> int:
+def _last_values(occ4: np.ndarray, st: Structure, levels: list[tuple[int, int, int]]) -> int:
     """Values stored by the balanced description: ``D*n*E`` of the last level."""
     d, _, n = levels[-1]
     return d * n * st.quota_levels[-1].layout(tuple(occ4.shape))[2]
@@ -169,26 +228,29 @@ def _last_values(occ4: Tensor, st: Structure, levels: list[tuple[int, int, int]]
 # -- encodings ------------------------------------------------------------------------------------
 
 
-def _occupancy(t: Tensor, st: Structure) -> Tensor:
+def _occupancy(t: Tensor, st: Structure) -> np.ndarray:
+    """Bool numpy ``(K, C, R, S)``: True where ``t`` is non-zero."""
     reason = st.fits(t.shape)
     if reason is not None:
         raise ValueError(f"structure does not fit weight shape {tuple(t.shape)}: {reason}")
-    return as_4d(t.detach() != 0).cpu()
+    t = as_4d(t.detach().cpu())
+    if t.dtype in _NUMPY_FLOATS:
+        return t.contiguous().numpy() != 0
+    return (t != 0).numpy()
 
 
-def _group_cost(occ4: Tensor, gst: Structure, bits: BitWidths) -> Cost:
-    kept, e = _kept_groups(occ4, gst)
-    n_kept = int(kept.sum())
-    fillers = relative_fillers(kept.nonzero().reshape(-1), bits.index)
+def _group_cost(kept: np.ndarray, e: int, bits: BitWidths) -> Cost:
+    n_kept = int(np.count_nonzero(kept))
+    fillers = mask_fillers(kept, bits.index)
     values = n_kept * e * bits.value
     # Relative addressing: every entry has a gap; a filler also stores a group of E zero values.
     rel_index, rel_extra = (n_kept + fillers) * bits.index, fillers * e * bits.value
-    if rel_index + rel_extra < kept.numel():
+    if rel_index + rel_extra < kept.size:
         return Cost(values + rel_extra, rel_index, fillers, "relative")
-    return Cost(values, kept.numel(), 0, "bitmap")
+    return Cost(values, kept.size, 0, "bitmap")
 
 
-def _quota_costs(occ4: Tensor, st: Structure, bits: BitWidths) -> dict[str, Cost]:
+def _quota_costs(occ4: np.ndarray, st: Structure, bits: BitWidths) -> dict[str, Cost]:
     levels = _levels(occ4, st)
     values = _last_values(occ4, st, levels) * bits.value
     pos = sum(d * n * ceil_log2(g) for d, g, n in levels)
@@ -196,23 +258,63 @@ def _quota_costs(occ4: Tensor, st: Structure, bits: BitWidths) -> dict[str, Cost
     return {"quota": Cost(values, pos), "quota-rank": Cost(values, rank)}
 
 
+def _csr_cost(occ4: np.ndarray, nnz: int, bits: BitWidths) -> Cost:
+    fillers = mask_fillers(occ4.reshape(-1), bits.index)
+    return Cost((nnz + fillers) * bits.value, (nnz + fillers) * bits.index, fillers)
+
+
+def _costs(occ4: np.ndarray, nnz: int, st: Structure, bits: BitWidths, all_: bool = True):
+    """``encode``'s costs from the occupancy; ``all_=False`` leaves csr out when it cannot be
+    the smallest (``nnz * (v + b)``, its cost without fillers, above another encoding's)."""
+    out = {"bitmap": Cost(nnz * bits.value, occ4.size)}
+    gst = st.index_group
+    if gst is not None:
+        out["group"] = _group_cost(*_kept_groups(occ4, gst), bits)
+    if st.balanced:
+        out.update(_quota_costs(occ4, st, bits))
+    if all_ or nnz * (bits.value + bits.index) <= min(c.total for c in out.values()):
+        out["csr"] = _csr_cost(occ4, nnz, bits)
+    return {name: out[name] for name in ENCODINGS if name in out}
+
+
+def _best(costs: dict[str, Cost]) -> str:
+    """The smallest encoding; ties to the earlier one in ``ENCODINGS`` (``costs``' order)."""
+    return min(costs, key=lambda name: costs[name].total)
+
+
 def encode(t: Tensor, structure: str | Structure, bits: BitWidths | None = None) -> dict[str, Cost]:
     """Every encoding that applies to ``structure``, as ``{name: Cost}`` (see the module doc)."""
     bits = bits or BitWidths()
     st = parse_structure(structure)
     occ4 = _occupancy(t, st)
-    numel, nnz = occ4.numel(), int(occ4.sum())
-    fillers = relative_fillers(occ4.reshape(-1).nonzero().reshape(-1), bits.index)
-    out = {
-        "bitmap": Cost(nnz * bits.value, numel),
-        "csr": Cost((nnz + fillers) * bits.value, (nnz + fillers) * bits.index, fillers),
-    }
+    return _costs(occ4, int(np.count_nonzero(occ4)), st, bits)
+
+
+def best_encoding(
+    t: Tensor, structure: str | Structure, bits: BitWidths | None = None
+) -> tuple[str, Cost]:
+    """``layer_storage``'s ``best`` encoding and its ``Cost``, without the bound and the
+    encodings that cannot be the smallest: what a writer of the format needs."""
+    bits = bits or BitWidths()
+    st = parse_structure(structure)
+    occ4 = _occupancy(t, st)
+    costs = _costs(occ4, int(np.count_nonzero(occ4)), st, bits, all_=False)
+    best = _best(costs)
+    return best, costs[best]
+
+
+def _bound(occ4: np.ndarray, nnz: int, st: Structure, bits: BitWidths) -> float:
+    terms = [log2_comb(occ4.size, nnz) + nnz * bits.value]
     gst = st.index_group
     if gst is not None:
-        out["group"] = _group_cost(occ4, gst, bits)
+        kept, e = _kept_groups(occ4, gst)
+        n_kept = int(np.count_nonzero(kept))
+        terms.append(log2_comb(kept.size, n_kept) + n_kept * e * bits.value)
     if st.balanced:
-        out.update(_quota_costs(occ4, st, bits))
-    return out
+        levels = _levels(occ4, st)
+        index = sum(d * log2_comb(g, n) for d, g, n in levels)
+        terms.append(index + _last_values(occ4, st, levels) * bits.value)
+    return min(terms)
 
 
 def bound(t: Tensor, structure: str | Structure, bits: BitWidths | None = None) -> float:
@@ -220,18 +322,7 @@ def bound(t: Tensor, structure: str | Structure, bits: BitWidths | None = None) 
     bits = bits or BitWidths()
     st = parse_structure(structure)
     occ4 = _occupancy(t, st)
-    numel, nnz = occ4.numel(), int(occ4.sum())
-    terms = [log2_comb(numel, nnz) + nnz * bits.value]
-    gst = st.index_group
-    if gst is not None:
-        kept, e = _kept_groups(occ4, gst)
-        n_kept = int(kept.sum())
-        terms.append(log2_comb(kept.numel(), n_kept) + n_kept * e * bits.value)
-    if st.balanced:
-        levels = _levels(occ4, st)
-        index = sum(d * log2_comb(g, n) for d, g, n in levels)
-        terms.append(index + _last_values(occ4, st, levels) * bits.value)
-    return min(terms)
+    return _bound(occ4, int(np.count_nonzero(occ4)), st, bits)
 
 
 # -- per layer and per model ----------------------------------------------------------------------
@@ -252,23 +343,23 @@ def layer_storage(
     """
     bits = bits or BitWidths()
     t = weight_or_mask
-    numel, nnz = t.numel(), int(torch.count_nonzero(t.detach()))
+    numel = t.numel()
+    row: dict = {"shape": list(t.shape), "numel": numel}
+    if structure is None:
+        nnz = int(torch.count_nonzero(t.detach()))
+    else:
+        st = parse_structure(structure)
+        occ4 = _occupancy(t, st)
+        nnz = int(np.count_nonzero(occ4))
     dense = bits.dense * numel
-    row: dict = {
-        "shape": list(t.shape),
-        "numel": numel,
-        "nnz": nnz,
-        "sparsity": (numel - nnz) / numel if numel else 0.0,
-        "dense": dense,
-    }
+    row.update(nnz=nnz, sparsity=(numel - nnz) / numel if numel else 0.0, dense=dense)
     if structure is None:
         row.update(structure="dense", detail={}, best="dense", best_bits=dense, bound=float(dense))
         row.update(below_bound=[], ratio=1.0)
         return row
-    st = parse_structure(structure)
-    costs = encode(t, st, bits)
-    best = min(costs, key=lambda name: costs[name].total)
-    lower = bound(t, st, bits)
+    costs = _costs(occ4, nnz, st, bits)
+    best = _best(costs)
+    lower = _bound(occ4, nnz, st, bits)
     row["structure"] = st.spec
     row.update({name: c.total for name, c in costs.items()})
     row["detail"] = {

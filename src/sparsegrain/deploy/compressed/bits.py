@@ -1,19 +1,15 @@
-"""Bits of the compressed format: fixed-width fields, value codes, relative gaps, subset ranks.
+"""Bits of the compressed format: fixed-width fields, value codes, relative gaps.
 
 Fields are unsigned, most significant bit first, packed into zero-padded bytes. A value is its
-float32 or float16 bit pattern (zeros as +0.0); gaps follow storage.py's csr rule; a subset of
-``n`` of ``G`` positions ``c_0 < c_1 < ...`` is stored as its colexicographic rank
-``sum_i C(c_i, i + 1)``.
+float32 or float16 bit pattern (zeros as +0.0); gaps follow storage.py's csr rule. The subset
+ranks of ``quota-rank`` are in ``ranks.py``.
 
-Every path is linear in the fields: fields go through numpy in chunks (whole bytes copied as
-bytes), and ranks are computed for all domains of a layer at once, in ``n`` passes, from a
-uint64 table of binomials when they fit in 63 bits, else from bands of Python integers (see
-``_wide_ranks``).
+Every path is linear in the fields: fields go through numpy in chunks, and value codes at a byte
+boundary (every section opens with its values) are copied as big-endian bytes.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,15 +17,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ...analysis.storage import BitWidths, ceil_log2
+from ...analysis.storage import BitWidths
 
 # value bits -> (float dtype, same-size int dtype, numpy code dtype, numpy float dtype)
 VALUE_BITS = {
     32: (torch.float32, torch.int32, np.uint32, np.float32),
     16: (torch.float16, torch.int16, np.uint16, np.float16),
 }
+_CODE_DTYPES = {16: np.dtype(np.uint16), 32: np.dtype(np.uint32)}  # value codes copied as bytes
 _CHUNK = 1 << 16  # fields per numpy pass in the bit writer/reader (bounds temporary memory)
-_RANK_TABLE_LIMIT = 1 << 22  # binomial-table entries for uint64 ranks; bands of Python ints above
 
 
 def check_bits(bits: BitWidths) -> BitWidths:
@@ -90,6 +86,11 @@ class BitWriter:
 
     def write(self, values: Any, width: int) -> None:
         """Every entry of ``values`` (integers in ``[0, 2**width)``) in ``width`` bits (0..64)."""
+        codes = isinstance(values, np.ndarray) and values.dtype == _CODE_DTYPES.get(width)
+        if codes and not self._tail.size:  # value codes at a byte boundary: big-endian bytes
+            self._bytes.append(values.astype(values.dtype.newbyteorder(">")).tobytes())
+            self.nbits += values.size * width
+            return
         v = np.asarray(values, dtype=np.uint64).reshape(-1)
         if not 0 <= width <= 64:
             raise ValueError(f"field width must be in 0..64, got {width}")
@@ -105,6 +106,13 @@ class BitWriter:
             else:
                 self._push_bits(_field_bits(part, width))
         self.nbits += v.size * width
+
+    def write_bits(self, bits: np.ndarray) -> None:
+        """Single bits (0/1 integers), in order."""
+        bits = np.asarray(bits, dtype=np.uint8).reshape(-1)
+        if bits.size:
+            self._push_bits(bits)
+            self.nbits += bits.size
 
     def write_ints(self, values: Sequence[int], width: int) -> None:
         """Python integers in ``[0, 2**width)``, each in ``width`` bits (any width)."""
@@ -165,6 +173,22 @@ class BitReader:
             out[i : i + k] = _field_values(self._take(k * width), width)
         return out
 
+    def read_bits(self, count: int) -> np.ndarray:
+        """The next ``count`` single bits as 0/1 uint8."""
+        return self._take(count)
+
+    def read_codes(self, count: int, width: int) -> np.ndarray:
+        """``count`` fields of 16 or 32 bits as uint16 / uint32 (copied as bytes when the reader
+        is at a byte boundary)."""
+        dt = _CODE_DTYPES[width]
+        if self.pos % 8:
+            return self.read(count, width).astype(dt)
+        self._check(count * width)
+        start = self.pos // 8
+        raw = self._buf[start : start + count * width // 8].view(dt.newbyteorder(">"))
+        self.pos += count * width
+        return raw.astype(dt)
+
     def read_ints(self, count: int, width: int) -> list[int]:
         """``count`` fields of any width as Python integers."""
         if width == 0:
@@ -194,6 +218,20 @@ def value_codes(w: Tensor, value_bits: int) -> Tensor:
     return torch.from_numpy(codes)
 
 
+def float_values(w: Tensor) -> np.ndarray:
+    """``w`` as a numpy array (bfloat16, which numpy lacks, as float32: exact)."""
+    w = w.detach().cpu()
+    return (w.float() if w.dtype == torch.bfloat16 else w).contiguous().numpy()
+
+
+def codes_of(values: np.ndarray, value_bits: int) -> np.ndarray:
+    """``value_codes`` of a numpy array of weights: uint32 or uint16 codes, zeros as +0.0."""
+    _, _, np_dt, np_float = VALUE_BITS[value_bits]
+    codes = values.astype(np_float).view(np_dt)
+    codes[values == 0] = 0  # found before the cast (see value_codes)
+    return codes
+
+
 def from_codes(codes: Tensor, value_bits: int, dtype: torch.dtype) -> Tensor:
     """Inverse of ``value_codes``, in ``dtype``."""
     _, _, np_dt, np_float = VALUE_BITS[value_bits]
@@ -219,117 +257,3 @@ def gap_positions(gaps: np.ndarray, limit: int) -> np.ndarray:
     if pos.size and (pos[-1] >= limit or (gaps[1:] == 0).any()):
         raise ValueError(f"relative indices leave the {limit} positions or repeat one")
     return pos
-
-
-# -- subset ranks ---------------------------------------------------------------------------------
-
-
-def _comb_table(g: int, n: int) -> np.ndarray | None:
-    """``table[c, j] = C(c, j)`` for ``c < g``, ``j <= n``, saturated at ``2**63 - 1``."""
-    if g * (n + 1) > _RANK_TABLE_LIMIT or ceil_log2(math.comb(g, n)) > 63:
-        return None
-    cap = np.uint64(2**63 - 1)
-    table = np.zeros((max(g, 1), n + 1), dtype=np.uint64)
-    table[0, 0] = 1
-    for c in range(1, g):
-        table[c] = table[c - 1]
-        table[c, 1:] = np.minimum(table[c - 1, 1:] + table[c - 1, :-1], cap)
-    return table
-
-
-def _wide_ranks(pos: np.ndarray, g: int, n: int) -> list[int]:
-    """Colex ranks of the rows of ``pos (D, n)`` as Python integers, ``n`` passes over the rows.
-
-    Term ``i`` of a rank is ``C(c_i, i + 1)`` with ``i <= c_i <= i + g - n``, so pass ``i`` needs
-    one band of ``W = g - n + 1`` binomials, ``band[t] = C(i + t, i + 1)``; the next band is the
-    running sum of this one (Pascal: ``C(c, j + 1) = sum_{c' < c} C(c', j)``). Object arrays keep
-    the integers exact and do the additions in C: ``n * (W + D)`` big-integer additions in all.
-    """
-    w = g - n + 1
-    band = np.arange(w, dtype=np.int64).astype(object)  # C(t, 1) = t
-    acc = np.zeros(pos.shape[0], dtype=object)
-    for i in range(n):
-        if i:
-            nxt = np.empty(w, dtype=object)
-            nxt[0] = 0  # C(i, i + 1)
-            nxt[1:] = np.cumsum(band[1:])
-            band = nxt
-        acc += band[pos[:, i] - i]
-    return acc.tolist()
-
-
-def _wide_positions(ranks: list[int], g: int, n: int) -> np.ndarray:
-    """Inverse of ``_wide_ranks`` for ranks below ``C(g, n)``: ``(D, n)`` ascending positions.
-
-    From the last term down, ``c_i`` is the largest ``c`` with ``C(c, i + 1) <= r``, found in
-    the band of pass ``i`` (``_largest_at_most``), then ``r -= C(c_i, i + 1)``; the band below is
-    this one's differences (``C(c, i) = C(c + 1, i + 1) - C(c, i + 1)``). This is the greedy
-    inverse of the colex rank, so every rank below ``C(g, n)`` gives the one subset it ranks.
-    """
-    d, w = len(ranks), g - n + 1
-    out = np.zeros((d, n), dtype=np.int64)
-    if n == 0:
-        return out
-    band = np.empty(w, dtype=object)  # C(n - 1 + t, n)
-    band[0] = 0
-    for t in range(1, w):
-        c = n - 1 + t
-        band[t] = 1 if t == 1 else band[t - 1] * c // (c - n)
-    rem = np.empty(d, dtype=object)
-    rem[:] = ranks
-    t = np.full(d, w - 1, dtype=np.int64)
-    for i in range(n - 1, -1, -1):
-        t = _largest_at_most(band, rem, t)
-        out[:, i] = t + i
-        rem -= band[t]
-        if i:
-            prev = np.empty(w, dtype=object)
-            prev[0] = band[0]
-            prev[1:] = band[1:] - band[:-1]
-            band = prev
-    return out
-
-
-def _largest_at_most(band: np.ndarray, rem: np.ndarray, top: np.ndarray) -> np.ndarray:
-    """Per domain the largest ``t <= top`` with ``band[t] <= rem`` (``band`` ascending from
-    ``band[0] = 0``). ``t = c_i - i`` counts the empty groups below ``c_i``, so it never grows
-    from one term to the next and mostly stays or drops by a little: try ``top``, ``top - 1``,
-    ... ``top - 3`` before a binary search."""
-    t, miss = top.copy(), np.arange(top.size)
-    for _ in range(4):
-        miss = miss[~(band[t[miss]] <= rem[miss]).astype(bool)]
-        if not miss.size:
-            return t
-        t[miss] -= 1
-    t[miss] = np.searchsorted(band[: top.max() + 1], rem[miss], side="right") - 1
-    return t
-
-
-def write_ranks(wr: BitWriter, pos: Tensor | np.ndarray, g: int, n: int) -> None:
-    """The rank of every row of ascending positions ``pos (D, n)`` in ``ceil(log2 C(g, n))``
-    bits."""
-    width, pos = ceil_log2(math.comb(g, n)), np.asarray(pos, dtype=np.int64)
-    table = _comb_table(g, n)
-    if table is not None:
-        wr.write(table[pos, np.arange(1, n + 1)].sum(1, dtype=np.uint64), width)
-    elif pos.shape[0]:
-        wr.write_ints(_wide_ranks(pos, g, n), width)
-
-
-def read_ranks(rd: BitReader, d: int, g: int, n: int) -> Tensor:
-    """Inverse of ``write_ranks``: ``(d, n)`` ascending positions; ValueError on a bad rank."""
-    total, width = math.comb(g, n), ceil_log2(math.comb(g, n))
-    table = _comb_table(g, n)
-    if table is not None:
-        r = rd.read(d, width)
-        if (r >= np.uint64(total)).any():
-            raise ValueError(f"a rank is >= C({g}, {n})")
-        out = np.zeros((d, n), dtype=np.int64)
-        for i in range(n - 1, -1, -1):
-            out[:, i] = np.searchsorted(table[:, i + 1], r, side="right") - 1
-            r = r - table[out[:, i], i + 1]
-        return torch.from_numpy(out)
-    ranks = rd.read_ints(d, width)
-    if any(r >= total for r in ranks):
-        raise ValueError(f"a rank is >= C({g}, {n})")
-    return torch.from_numpy(_wide_positions(ranks, g, n))

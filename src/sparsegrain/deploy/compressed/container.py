@@ -33,12 +33,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ...analysis.storage import BitWidths, layer_storage
+from ...analysis.storage import BitWidths, best_encoding
 from ...core.errors import ConfigError, unknown_name
 from ...core.io import atomic_write
-from ...structures import Structure
+from ...structures import Structure, parse_structure
 from .bits import check_bits
-from .encodings import decode_layer, encode_layer
+from .encodings import decode_layers, encode_layers
 
 MAGIC = b"\x89SGC\r\n\x1a\n"
 FORMAT = "sparsegrain-compressed"
@@ -112,32 +112,38 @@ def write_compressed(
 
     ``structures`` maps a layer name (``"layer1.0.conv1"``, or a state_dict key) to its structure
     spec, or None for a layer left dense; tensors it does not name are stored raw. Each sparse
-    layer uses ``layer_storage(weight, structure, bits)["best"]``. The result: ``layers`` (per
-    sparse layer ``name``, ``structure``, ``encoding``, ``predicted_bits`` from storage.py,
-    ``written_bits``, ``bytes``), ``raw_bits``, ``file_bytes``, ``header_bytes`` (magic, length
-    and compressed header), ``payload_bytes``, ``predicted_bytes`` (sparse best bits + raw bits,
-    rounded up to bytes, + header bytes) and ``ratio`` (``file_bytes / predicted_bytes``), and
-    ``ratio_to_storage`` (``file_bytes`` over the prediction without the header).
+    layer uses ``layer_storage(weight, structure, bits)["best"]`` (``best_encoding``, the same
+    choice without the bound); the layers are encoded together (``encode_layers``). The result:
+    ``layers`` (per sparse layer ``name``, ``structure``, ``encoding``, ``predicted_bits`` from
+    storage.py, ``written_bits``, ``bytes``), ``raw_bits``, ``file_bytes``, ``header_bytes``
+    (magic, length and compressed header), ``payload_bytes``, ``predicted_bytes`` (sparse best
+    bits + raw bits, rounded up to bytes, + header bytes) and ``ratio`` (``file_bytes /
+    predicted_bytes``), and ``ratio_to_storage`` (``file_bytes`` over the prediction without the
+    header).
     """
     bits = check_bits(bits or BitWidths())
     sd = _state_dict(model_or_state_dict)
     sparse = _sparse_keys(sd, structures)
+    plan: dict[str, tuple[str, Structure, str, int]] = {}  # key -> layer, structure, best, bits
+    for key, (layer, spec) in sparse.items():
+        st = parse_structure(spec)
+        try:
+            best, cost = best_encoding(sd[key], st, bits)  # layer_storage's "best", no bound
+        except ValueError as e:
+            raise ValueError(f"layer '{layer}': {e}") from None
+        plan[key] = (layer, st, best, cost.total)
+    layers = [(sd[key], st, best) for key, (_, st, best, _) in plan.items()]
+    encoded = dict(zip(plan, encode_layers(layers, bits)))  # layers sharing (G, n) together
     entries, sections, rows, offset, raw_bits = [], [], [], 0, 0
     for key, t in sd.items():
         entry: dict[str, Any] = {"name": key, "shape": list(t.shape), "dtype": str(t.dtype)[6:]}
-        if key in sparse:
-            layer, spec = sparse[key]
-            try:
-                row = layer_storage(t, spec, bits)
-            except ValueError as e:
-                raise ValueError(f"layer '{layer}': {e}") from None
-            out = encode_layer(t, spec, row["best"], bits)
+        if key in plan:
+            (layer, st, best, predicted), out = plan[key], encoded[key]
             data = out["data"]
-            entry.update(layer=layer, structure=row["structure"], encoding=row["best"])
+            entry.update(layer=layer, structure=st.spec, encoding=best)
             entry.update(bits=out["bits"], counts=out["counts"])
-            rows.append({"name": layer, "structure": row["structure"], "encoding": row["best"]})
-            rows[-1].update(predicted_bits=row["best_bits"], written_bits=out["bits"])
-            rows[-1]["bytes"] = len(data)
+            rows.append({"name": layer, "structure": st.spec, "encoding": best})
+            rows[-1].update(predicted_bits=predicted, written_bits=out["bits"], bytes=len(data))
         else:
             data = _raw_bytes(t)
             raw_bits += 8 * len(data)
@@ -219,25 +225,31 @@ def read_compressed(path: str | Path) -> tuple[dict[str, Tensor], dict]:
         raise ConfigError(f"compressed file {path} is corrupt (payload checksum mismatch)")
     try:
         bits = check_bits(BitWidths(value=header["bits"]["value"], index=header["bits"]["index"]))
-        state = {t["name"]: _read_tensor(t, payload, bits) for t in header["tensors"]}
+        state = _read_tensors(header["tensors"], payload, bits)
     except (ValueError, EOFError, KeyError, TypeError, IndexError, RuntimeError) as e:
         raise ConfigError(f"compressed file {path} is corrupt ({type(e).__name__}: {e})") from None
     return state, header
 
 
-def _read_tensor(entry: dict, payload: bytes, bits: BitWidths) -> Tensor:
-    start, size = int(entry["offset"]), int(entry["bytes"])
-    if start < 0 or size < 0 or start + size > len(payload):
-        raise ValueError(f"tensor {entry['name']} lies outside the payload")
-    data, shape = payload[start : start + size], [int(d) for d in entry["shape"]]
-    if entry["dtype"] not in DTYPES:
-        raise ValueError(f"tensor {entry['name']}: unknown dtype {entry['dtype']!r}")
-    dtype = DTYPES[entry["dtype"]]
-    if "encoding" not in entry:
-        return _from_raw(data, shape, dtype)
-    nbits = int(entry["bits"])
-    if -(-nbits // 8) != size:
-        raise ValueError(f"tensor {entry['name']}: {nbits} bits in {size} bytes")
-    return decode_layer(
-        data, shape, entry["structure"], entry["encoding"], entry["counts"], bits, dtype, nbits
-    )
+def _read_tensors(entries: list[dict], payload: bytes, bits: BitWidths) -> dict[str, Tensor]:
+    """Every tensor of the header, in order; the sparse sections decoded together."""
+    raw, sparse = {}, {}
+    for entry in entries:
+        start, size = int(entry["offset"]), int(entry["bytes"])
+        if start < 0 or size < 0 or start + size > len(payload):
+            raise ValueError(f"tensor {entry['name']} lies outside the payload")
+        data, shape = payload[start : start + size], [int(d) for d in entry["shape"]]
+        if entry["dtype"] not in DTYPES:
+            raise ValueError(f"tensor {entry['name']}: unknown dtype {entry['dtype']!r}")
+        dtype = DTYPES[entry["dtype"]]
+        if "encoding" not in entry:
+            raw[entry["name"]] = _from_raw(data, shape, dtype)
+            continue
+        nbits = int(entry["bits"])
+        if -(-nbits // 8) != size:
+            raise ValueError(f"tensor {entry['name']}: {nbits} bits in {size} bytes")
+        sparse[entry["name"]] = (
+            data, shape, entry["structure"], entry["encoding"], entry["counts"], dtype, nbits
+        )  # fmt: skip
+    decoded = dict(zip(sparse, decode_layers(list(sparse.values()), bits)))
+    return {e["name"]: raw[e["name"]] if e["name"] in raw else decoded[e["name"]] for e in entries}

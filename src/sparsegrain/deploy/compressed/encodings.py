@@ -27,25 +27,28 @@ weight was multiplied by a 0 mask). Every other value comes back with its exact 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ...analysis.storage import BitWidths, ceil_log2
+from ...analysis.storage import BitWidths, any_last, ceil_log2
 from ...core.errors import unknown_name
 from ...structures import Structure, parse_structure, shape_4d
 from .bits import (
+    VALUE_BITS,
     BitReader,
     BitWriter,
     check_bits,
+    codes_of,
+    float_values,
     from_codes,
     gap_positions,
-    read_ranks,
     relative_gaps,
     value_codes,
-    write_ranks,
 )
+from .ranks import read_ranks_many, write_ranks_many
 
 Levels = list[tuple[int, int, int]]  # (D, G, n) per quota level
 
@@ -53,36 +56,39 @@ Levels = list[tuple[int, int, int]]  # (D, G, n) per quota level
 # -- writing --------------------------------------------------------------------------------------
 
 
-def _select(kept: np.ndarray, n: int) -> np.ndarray:
-    """``(D, n)`` ascending positions per domain: the kept groups, then the first empty ones."""
-    if kept.size == 0:
-        return np.zeros((kept.shape[0], n), dtype=np.int64)
+def _pick(kept: np.ndarray, n: int) -> np.ndarray:
+    """Bool ``(D, G)``: ``n`` groups per domain, the kept ones and then the first empty ones."""
+    counts = np.count_nonzero(kept, axis=1)
+    if kept.size == 0 or (counts == n).all():
+        return kept
     # The first n - (kept count) empty groups of each domain fill it up to n.
-    room = n - np.count_nonzero(kept, axis=1)
-    pick = kept | (np.cumsum(~kept, axis=1) <= room[:, None])
-    return np.nonzero(pick)[1].reshape(kept.shape[0], n)
+    return kept | (np.cumsum(~kept, axis=1) <= (n - counts)[:, None])
 
 
-def _quota_select(codes4: Tensor, occ4: Tensor, st: Structure):
+def _quota_select(values: np.ndarray, occ4: np.ndarray, st: Structure):
     """Levels ``[(D, G, n)]`` of ``st.quota_levels``, each level's ``(D, n)`` positions, and the
-    ``(D, n, E)`` value codes of the last level (numpy arrays)."""
+    ``(D*n, E)`` weights of the last level's selected groups (domain by domain, positions
+    ascending), from numpy ``(K, C, R, S)`` weights and occupancy."""
     shape4 = tuple(occ4.shape)
     levels: Levels = []
     sel: list[np.ndarray] = []
     for level in st.quota_levels:
         if not levels:
-            occ_v, codes_v = level.group_view(occ4).numpy(), level.group_view(codes4).numpy()
+            occ_v = level.group_view(torch.from_numpy(occ4)).numpy()
+            val_v = level.group_view(torch.from_numpy(values)).numpy()
         else:  # this level's domains are the groups the level above selected
             _, g, e = level.layout(shape4)
-            occ_v, codes_v = occ_v.reshape(-1, g, e), codes_v.reshape(-1, g, e)
-        kept = occ_v.any(-1)
+            occ_v, val_v = occ_v.reshape(-1, g, e), val_v.reshape(-1, g, e)
+        kept = any_last(occ_v)
+        (d, g), e = kept.shape, occ_v.shape[-1]
         n = int(np.count_nonzero(kept, axis=1).max()) if kept.size else 0
-        pos = _select(kept, n)
-        occ_v = np.take_along_axis(occ_v, pos[..., None], axis=1)
-        codes_v = np.take_along_axis(codes_v, pos[..., None], axis=1)
-        levels.append((*kept.shape, n))
-        sel.append(pos)
-    return levels, sel, codes_v
+        flat = np.flatnonzero(_pick(kept, n))  # domain by domain, positions ascending
+        levels.append((d, g, n))
+        sel.append(flat.reshape(d, n) - (np.arange(d) * g)[:, None])
+        val_v = np.take(val_v.reshape(d * g, e), flat, axis=0)  # (D*n, E)
+        if len(levels) < len(st.quota_levels):
+            occ_v = np.take(occ_v.reshape(d * g, e), flat, axis=0)
+    return levels, sel, val_v
 
 
 def _write_entries(
@@ -112,23 +118,23 @@ def _write_entries(
 
 
 def _write_quota(
-    wr: BitWriter, codes4: Tensor, occ4: Tensor, st: Structure, encoding: str, v: int
+    wr: BitWriter, values: np.ndarray, st: Structure, encoding: str, v: int, jobs: list
 ) -> dict:
-    levels, sel, vals = _quota_select(codes4, occ4, st)
-    wr.write(vals, v)
+    """Values now; quota positions now, quota-rank ranks as ``jobs`` for ``write_ranks_many``
+    (nothing follows them in the section)."""
+    levels, sel, vals = _quota_select(values, values != 0, st)
+    wr.write(codes_of(vals, v), v)
     for (_, g, n), pos in zip(levels, sel):
         if encoding == "quota":
             wr.write(pos, ceil_log2(g))
         else:
-            write_ranks(wr, pos, g, n)
+            jobs.append((wr, pos, g, n))
     return {"levels": [list(lv) for lv in levels]}
 
 
-def encode_layer(
-    weight: Tensor, structure: str | Structure, encoding: str, bits: BitWidths | None = None
-) -> dict:
-    """One layer's section: ``{"data": bytes, "bits": exact bit count, "counts": {...}}``."""
-    bits = check_bits(bits or BitWidths())
+def _encode(
+    weight: Tensor, structure: str | Structure, encoding: str, bits: BitWidths, jobs: list
+) -> tuple[BitWriter, dict]:
     st = parse_structure(structure)
     reason = st.fits(weight.shape)
     if reason is not None:
@@ -138,8 +144,10 @@ def encode_layer(
     if encoding not in names:
         raise unknown_name(f"encoding for structure {st.spec}", encoding, names)
     w4 = weight.detach().cpu().reshape(shape_4d(weight.shape))
-    codes4, occ4 = value_codes(w4, bits.value), w4 != 0
     wr = BitWriter()
+    if encoding in ("quota", "quota-rank"):
+        return wr, _write_quota(wr, float_values(w4), st, encoding, bits.value, jobs)
+    codes4, occ4 = value_codes(w4, bits.value), w4 != 0
     if encoding == "bitmap":
         occ = occ4.numpy().reshape(-1)
         wr.write(codes4.numpy().reshape(-1)[occ], bits.value)
@@ -147,14 +155,31 @@ def encode_layer(
         counts = {"values": int(np.count_nonzero(occ))}
     elif encoding == "csr":
         counts = _write_entries(wr, codes4.reshape(-1, 1), occ4.reshape(-1), "relative", bits)
-    elif encoding == "group":
+    else:  # group
         gst = st.index_group
         e = gst.layout(tuple(occ4.shape))[2]
         kept = gst.group_view(occ4).any(-1).reshape(-1)
         counts = _write_entries(wr, gst.group_view(codes4).reshape(-1, e), kept, None, bits)
-    else:
-        counts = _write_quota(wr, codes4, occ4, st, encoding, bits.value)
-    return {"data": wr.getvalue(), "bits": wr.nbits, "counts": counts}
+    return wr, counts
+
+
+def encode_layers(
+    layers: Sequence[tuple[Tensor, str | Structure, str]], bits: BitWidths | None = None
+) -> list[dict]:
+    """``encode_layer`` of every ``(weight, structure, encoding)``, the same sections; the wide
+    quota-rank ranks of layers that share ``(G, n)`` are computed together."""
+    bits = check_bits(bits or BitWidths())
+    jobs: list = []
+    parts = [_encode(w, structure, encoding, bits, jobs) for w, structure, encoding in layers]
+    write_ranks_many(jobs)
+    return [{"data": wr.getvalue(), "bits": wr.nbits, "counts": counts} for wr, counts in parts]
+
+
+def encode_layer(
+    weight: Tensor, structure: str | Structure, encoding: str, bits: BitWidths | None = None
+) -> dict:
+    """One layer's section: ``{"data": bytes, "bits": exact bit count, "counts": {...}}``."""
+    return encode_layers([(weight, structure, encoding)], bits)[0]
 
 
 # -- reading --------------------------------------------------------------------------------------
@@ -172,28 +197,39 @@ def _check_levels(levels: Levels, st: Structure, shape4) -> None:
         raise ValueError(f"quota levels {levels} do not match shape {shape4}")
 
 
-def _read_positions(rd: BitReader, encoding: str, d: int, g: int, n: int) -> Tensor:
-    if encoding == "quota-rank":
-        return read_ranks(rd, d, g, n)
+def _quota_positions(rd: BitReader, d: int, g: int, n: int) -> np.ndarray:
     pos = rd.read(d * n, ceil_log2(g)).astype(np.int64).reshape(d, n)
     if (pos >= g).any() or (np.diff(pos, axis=1) <= 0).any():
         raise ValueError("quota positions out of range or not ascending")
-    return torch.from_numpy(pos)
+    return pos
 
 
-def _decode_quota(rd: BitReader, st: Structure, shape4, encoding: str, counts, v: int) -> Tensor:
+def _decode_quota(rd: BitReader, st: Structure, shape4, encoding: str, counts, v: int, jobs):
+    """Reads the values and, for quota, the positions; quota-rank adds its rank fields to
+    ``jobs`` (for ``read_ranks_many``). Returns ``finish(positions of every job)``: the codes as
+    uint32 / uint16 in ``(K, C, R, S)``."""
     levels = [tuple(int(x) for x in lv) for lv in counts["levels"]]
     _check_levels(levels, st, shape4)  # type: ignore[arg-type]
     widths = [level.layout(shape4)[2] for level in st.quota_levels]  # E per level
     d_last, _, n_last = levels[-1]
-    inner = rd.read(d_last * n_last * widths[-1], v).astype(np.int64)
-    sel = [np.asarray(_read_positions(rd, encoding, d, g, n)) for d, g, n in levels]
-    # Innermost level first: each scatters its values into the groups the level above kept.
-    for (d, g, n), pos, e in reversed(list(zip(levels, sel, widths))):
-        view = np.zeros((d, g, e), dtype=np.int64)
-        np.put_along_axis(view, pos[..., None], inner.reshape(d, n, e), axis=1)
-        inner = view
-    return st.quota_levels[0].from_group_view(torch.from_numpy(inner), shape4)
+    inner = rd.read_codes(d_last * n_last * widths[-1], v)
+    if encoding == "quota":
+        sel = [_quota_positions(rd, d, g, n) for d, g, n in levels]
+    else:
+        first = len(jobs)
+        jobs.extend((rd, d, g, n) for d, g, n in levels)
+
+    def finish(positions: list[Tensor]) -> Tensor:
+        nonlocal inner
+        picked = sel if encoding == "quota" else positions[first : first + len(levels)]
+        # Innermost level first: each scatters its values into the groups the level above kept.
+        for (d, g, _), pos, e in reversed(list(zip(levels, picked, widths))):
+            view = np.zeros((d * g, e), dtype=inner.dtype)
+            view[(np.asarray(pos) + (np.arange(d) * g)[:, None]).reshape(-1)] = inner.reshape(-1, e)
+            inner = view.reshape(d, g, e)
+        return st.quota_levels[0].from_group_view(torch.from_numpy(inner), shape4)
+
+    return finish
 
 
 def _decode_entries(
@@ -215,23 +251,26 @@ def _decode_entries(
     return out if gst is None else gst.from_group_view(out.reshape(d, g, e), shape4)
 
 
-def decode_layer(
-    data: bytes,
-    shape: list[int] | tuple[int, ...],
-    structure: str | Structure,
-    encoding: str,
-    counts: dict,
-    bits: BitWidths | None = None,
-    dtype: torch.dtype = torch.float32,
-    nbits: int | None = None,
-) -> Tensor:
-    """Inverse of ``encode_layer``; a malformed section raises ValueError or EOFError."""
-    bits = check_bits(bits or BitWidths())
+Section = tuple  # (data, shape, structure, encoding, counts, dtype, nbits): decode_layer's
+
+
+def _decode(section: Section, bits: BitWidths, jobs: list):
+    """Starts decoding one section; returns ``finish(positions of every rank job)``."""
+    data, shape, structure, encoding, counts, dtype, nbits = section
     st, shape4 = parse_structure(structure), shape_4d(shape)
     reason = st.fits(shape)
     if reason is not None:
         raise ValueError(f"structure does not fit shape {tuple(shape)}: {reason}")
     rd, v, numel = BitReader(data, nbits), bits.value, math.prod(shape4)
+    if encoding in ("quota", "quota-rank") and st.balanced:
+        codes_of_section = _decode_quota(rd, st, shape4, encoding, counts, v, jobs)
+
+        def finish(positions: list[Tensor]) -> Tensor:
+            codes = codes_of_section(positions)
+            _check_end(rd, nbits)
+            return _from_value_codes(codes, v, dtype).reshape(tuple(shape))
+
+        return finish
     if encoding == "bitmap":
         vals = rd.read(int(counts["values"]), v)
         mask = rd.read(numel, 1).astype(bool)
@@ -244,10 +283,43 @@ def decode_layer(
         codes = _decode_entries(rd, None, shape4, counts, bits)
     elif encoding == "group" and st.index_group is not None:
         codes = _decode_entries(rd, st.index_group, shape4, counts, bits)
-    elif encoding in ("quota", "quota-rank") and st.balanced:
-        codes = _decode_quota(rd, st, shape4, encoding, counts, v)
     else:
         raise ValueError(f"unknown encoding {encoding!r} for structure {st.spec}")
+    _check_end(rd, nbits)
+    out = from_codes(codes.reshape(-1), v, dtype).reshape(tuple(shape))
+    return lambda positions: out
+
+
+def decode_layers(sections: Sequence[Section], bits: BitWidths | None = None) -> list[Tensor]:
+    """``decode_layer`` of every ``(data, shape, structure, encoding, counts, dtype, nbits)``;
+    the wide quota-rank ranks of sections that share ``(G, n)`` are unranked together."""
+    bits = check_bits(bits or BitWidths())
+    jobs: list = []
+    finish = [_decode(section, bits, jobs) for section in sections]
+    positions = read_ranks_many(jobs)
+    return [f(positions) for f in finish]
+
+
+def decode_layer(
+    data: bytes,
+    shape: list[int] | tuple[int, ...],
+    structure: str | Structure,
+    encoding: str,
+    counts: dict,
+    bits: BitWidths | None = None,
+    dtype: torch.dtype = torch.float32,
+    nbits: int | None = None,
+) -> Tensor:
+    """Inverse of ``encode_layer``; a malformed section raises ValueError or EOFError."""
+    return decode_layers([(data, shape, structure, encoding, counts, dtype, nbits)], bits)[0]
+
+
+def _check_end(rd: BitReader, nbits: int | None) -> None:
     if rd.pos != rd.nbits and nbits is not None:
         raise ValueError(f"section has {rd.nbits} bits, decoding used {rd.pos}")
-    return from_codes(codes.reshape(-1), v, dtype).reshape(tuple(shape))
+
+
+def _from_value_codes(codes: Tensor, value_bits: int, dtype: torch.dtype) -> Tensor:
+    """uint32 / uint16 codes (``BitReader.read_codes``) -> weights in ``dtype``."""
+    _, _, _, np_float = VALUE_BITS[value_bits]
+    return torch.from_numpy(codes.contiguous().numpy().view(np_float)).to(dtype)
