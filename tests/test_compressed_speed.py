@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sparsegrain.analysis.storage import BitWidths, ceil_log2, encode, layer_storage
+from sparsegrain.analysis.counting import ceil_log2
+from sparsegrain.analysis.storage import BitWidths, encode, layer_storage
 from sparsegrain.deploy.compressed import (
     BitReader,
     BitWriter,

@@ -9,19 +9,16 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as hs
 
+from sparsegrain.analysis.counting import ceil_log2, log2_comb, mask_fillers, relative_fillers
 from sparsegrain.analysis.storage import (
     ENCODINGS,
     BitWidths,
     best_encoding,
     bound,
-    ceil_log2,
     encode,
     format_storage,
     layer_storage,
-    log2_comb,
-    mask_fillers,
     model_storage,
-    relative_fillers,
 )
 from sparsegrain.structures import parse_structure, shape_4d
 

@@ -66,12 +66,19 @@ import torch
 from torch import Tensor
 
 from ..core.tables import format_table
-from ..structures import Structure, as_4d, parse_structure
+from ..structures import Structure, parse_structure
+from .counting import (
+    ceil_log2,
+    kept_groups,
+    last_values,
+    level_counts,
+    log2_comb,
+    mask_fillers,
+    occupancy,
+)
 
 ENCODINGS = ("bitmap", "csr", "group", "quota", "quota-rank")
 DENSE_NOTE = "a layer left dense is stored dense: BitWidths.dense (32) bits per weight"
-_EXACT_LIMIT = 4096  # log2 C(n, k) from exact integers up to this n, from lgamma above
-_NUMPY_FLOATS = (torch.float32, torch.float64, torch.float16)  # compared with 0 in numpy
 
 
 @dataclass(frozen=True)
@@ -107,138 +114,6 @@ class Cost:
 # -- exact integer helpers ------------------------------------------------------------------------
 
 
-def ceil_log2(x: int) -> int:
-    """``ceil(log2 x)`` for an integer ``x >= 1``, exactly (0 for x = 1)."""
-    if x < 1:
-        raise ValueError(f"ceil_log2 needs an integer >= 1, got {x}")
-    return (x - 1).bit_length()
-
-
-def log2_comb(n: int, k: int) -> float:
-    """``log2 C(n, k)``: from the exact integer for ``n <= 4096``, from ``math.lgamma`` above."""
-    if not 0 <= k <= n:
-        raise ValueError(f"log2_comb needs 0 <= k <= n, got n={n}, k={k}")
-    k = min(k, n - k)
-    if k == 0:
-        return 0.0
-    if n <= _EXACT_LIMIT:
-        return math.log2(math.comb(n, k))
-    return (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)) / math.log(2)
-
-
-def relative_fillers(positions: Tensor | np.ndarray, index_bits: int) -> int:
-    """Filler entries the csr rule needs for sorted ``positions`` with ``index_bits`` per gap.
-
-    ``gap_1 = p_1`` (counted from position 0), ``gap_i = p_i - p_{i-1}``; a gap ``g`` needs
-    ``max(0, (g - 1) // (2**index_bits - 1))`` fillers.
-    """
-    if isinstance(positions, Tensor):
-        positions = positions.detach().cpu().numpy()
-    p = np.asarray(positions, dtype=np.int64).reshape(-1)
-    if p.size == 0:
-        return 0
-    gaps = np.diff(p, prepend=0)
-    return int((np.maximum(gaps - 1, 0) // ((1 << index_bits) - 1)).sum())
-
-
-def _all_ones(z: np.ndarray, width: int) -> np.ndarray:
-    """``out[i] = z[i] & z[i + 1] & ... & z[i + width - 1]`` for bool ``z`` (``width >= 1``),
-    by doubling: ``log2 width`` passes over bytes instead of a pass over int64 positions."""
-    w, k = z, 1
-    while 2 * k <= width and w.size:
-        w, k = w[:-k] & w[k:], 2 * k
-    if k < width and w.size:
-        w = w[: max(w.size - (width - k), 0)] & w[width - k :]
-    return w
-
-
-def mask_fillers(occupied: np.ndarray, index_bits: int) -> int:
-    """``relative_fillers`` of the positions of the True entries of the bool vector
-    ``occupied``, from its runs of empty positions (no position list is built).
-
-    Only a run of at least ``L = 2**index_bits - 1`` empty positions needs a filler: a run of
-    ``z`` between two entries is a gap ``z + 1`` (``z // L`` fillers), the run before the first
-    entry is a gap ``z`` (``(z - 1) // L``), and the run after the last entry costs nothing.
-    """
-    occ = np.asarray(occupied, dtype=bool).reshape(-1)
-    cap = (1 << index_bits) - 1
-    if cap >= occ.size or not occ.any():
-        return 0
-    starts = np.flatnonzero(_all_ones(~occ, cap))  # windows of cap empty positions
-    if starts.size == 0:
-        return 0
-    # Consecutive window starts belong to one run; a run of z empties holds z - cap + 1 starts.
-    cut = np.flatnonzero(np.diff(starts) != 1) + 1
-    first = starts[np.concatenate(([0], cut))]
-    z = np.diff(np.concatenate(([0], cut, [starts.size]))) + cap - 1
-    fill = z // cap
-    fill[first == 0] = (z[first == 0] - 1) // cap  # the run before the first entry
-    fill[first + z == occ.size] = 0  # the run after the last entry
-    return int(fill.sum())
-
-
-# -- occupancy at each level ----------------------------------------------------------------------
-
-
-def _view(occ4: np.ndarray, st: Structure) -> np.ndarray:
-    """``st.group_view`` of a bool numpy ``(K, C, R, S)`` array: ``(D, G, E)``, a view."""
-    return st.group_view(torch.from_numpy(occ4)).numpy()
-
-
-def any_last(view: np.ndarray) -> np.ndarray:
-    """``view.any(-1)``; for short groups an OR of the ``E`` slices, several times faster than
-    numpy's reduction over a short last axis."""
-    e = view.shape[-1]
-    if e == 0:
-        return np.zeros(view.shape[:-1], dtype=bool)
-    if e > 32:
-        return view.any(-1)
-    out = view[..., 0].copy()
-    for i in range(1, e):
-        out |= view[..., i]
-    return out
-
-
-def _kept_groups(occ4: np.ndarray, st: Structure) -> tuple[np.ndarray, int]:
-    """Bool ``(D*G,)`` kept groups in ``group_view`` order, and ``E``."""
-    view = _view(occ4, st)
-    return any_last(view).reshape(-1), view.shape[-1]
-
-
-def _levels(occ4: np.ndarray, st: Structure) -> list[tuple[int, int, int]]:
-    """Balanced description: ``[(D, G, n), ...]`` per level of ``st.quota_levels``.
-
-    ``n`` is the largest count over the level's domains; below the first level the domains
-    stored are the groups the level above stored (``D * n`` of them), the others being empty.
-    """
-    levels: list[tuple[int, int, int]] = []
-    for level in st.quota_levels:
-        kept = any_last(_view(occ4, level))
-        d = kept.shape[0] if not levels else levels[-1][0] * levels[-1][2]
-        levels.append((d, kept.shape[1], int(np.count_nonzero(kept, axis=1).max())))
-    return levels
-
-
-def _last_values(occ4: np.ndarray, st: Structure, levels: list[tuple[int, int, int]]) -> int:
-    """Values stored by the balanced description: ``D*n*E`` of the last level."""
-    d, _, n = levels[-1]
-    return d * n * st.quota_levels[-1].layout(tuple(occ4.shape))[2]
-
-
-# -- encodings ------------------------------------------------------------------------------------
-
-
-def _occupancy(t: Tensor, st: Structure) -> np.ndarray:
-    """Bool numpy ``(K, C, R, S)``: True where ``t`` is non-zero."""
-    reason = st.fits(t.shape)
-    if reason is not None:
-        raise ValueError(f"structure does not fit weight shape {tuple(t.shape)}: {reason}")
-    t = as_4d(t.detach().cpu())
-    if t.dtype in _NUMPY_FLOATS:
-        return t.contiguous().numpy() != 0
-    return (t != 0).numpy()
-
-
 def _group_cost(kept: np.ndarray, e: int, bits: BitWidths) -> Cost:
     n_kept = int(np.count_nonzero(kept))
     fillers = mask_fillers(kept, bits.index)
@@ -251,8 +126,8 @@ def _group_cost(kept: np.ndarray, e: int, bits: BitWidths) -> Cost:
 
 
 def _quota_costs(occ4: np.ndarray, st: Structure, bits: BitWidths) -> dict[str, Cost]:
-    levels = _levels(occ4, st)
-    values = _last_values(occ4, st, levels) * bits.value
+    levels = level_counts(occ4, st)
+    values = last_values(occ4, st, levels) * bits.value
     pos = sum(d * n * ceil_log2(g) for d, g, n in levels)
     rank = sum(d * ceil_log2(math.comb(g, n)) for d, g, n in levels)
     return {"quota": Cost(values, pos), "quota-rank": Cost(values, rank)}
@@ -269,7 +144,7 @@ def _costs(occ4: np.ndarray, nnz: int, st: Structure, bits: BitWidths, all_: boo
     out = {"bitmap": Cost(nnz * bits.value, occ4.size)}
     gst = st.index_group
     if gst is not None:
-        out["group"] = _group_cost(*_kept_groups(occ4, gst), bits)
+        out["group"] = _group_cost(*kept_groups(occ4, gst), bits)
     if st.balanced:
         out.update(_quota_costs(occ4, st, bits))
     if all_ or nnz * (bits.value + bits.index) <= min(c.total for c in out.values()):
@@ -286,7 +161,7 @@ def encode(t: Tensor, structure: str | Structure, bits: BitWidths | None = None)
     """Every encoding that applies to ``structure``, as ``{name: Cost}`` (see the module doc)."""
     bits = bits or BitWidths()
     st = parse_structure(structure)
-    occ4 = _occupancy(t, st)
+    occ4 = occupancy(t, st)
     return _costs(occ4, int(np.count_nonzero(occ4)), st, bits)
 
 
@@ -297,7 +172,7 @@ def best_encoding(
     encodings that cannot be the smallest: what a writer of the format needs."""
     bits = bits or BitWidths()
     st = parse_structure(structure)
-    occ4 = _occupancy(t, st)
+    occ4 = occupancy(t, st)
     costs = _costs(occ4, int(np.count_nonzero(occ4)), st, bits, all_=False)
     best = _best(costs)
     return best, costs[best]
@@ -307,13 +182,13 @@ def _bound(occ4: np.ndarray, nnz: int, st: Structure, bits: BitWidths) -> float:
     terms = [log2_comb(occ4.size, nnz) + nnz * bits.value]
     gst = st.index_group
     if gst is not None:
-        kept, e = _kept_groups(occ4, gst)
+        kept, e = kept_groups(occ4, gst)
         n_kept = int(np.count_nonzero(kept))
         terms.append(log2_comb(kept.size, n_kept) + n_kept * e * bits.value)
     if st.balanced:
-        levels = _levels(occ4, st)
+        levels = level_counts(occ4, st)
         index = sum(d * log2_comb(g, n) for d, g, n in levels)
-        terms.append(index + _last_values(occ4, st, levels) * bits.value)
+        terms.append(index + last_values(occ4, st, levels) * bits.value)
     return min(terms)
 
 
@@ -321,7 +196,7 @@ def bound(t: Tensor, structure: str | Structure, bits: BitWidths | None = None) 
     """The smallest, over the structure's levels, of ``log2 #masks + value bits`` (module doc)."""
     bits = bits or BitWidths()
     st = parse_structure(structure)
-    occ4 = _occupancy(t, st)
+    occ4 = occupancy(t, st)
     return _bound(occ4, int(np.count_nonzero(occ4)), st, bits)
 
 
@@ -349,7 +224,7 @@ def layer_storage(
         nnz = int(torch.count_nonzero(t.detach()))
     else:
         st = parse_structure(structure)
-        occ4 = _occupancy(t, st)
+        occ4 = occupancy(t, st)
         nnz = int(np.count_nonzero(occ4))
     dense = bits.dense * numel
     row.update(nnz=nnz, sparsity=(numel - nnz) / numel if numel else 0.0, dense=dense)

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ...analysis.storage import BitWidths, any_last, ceil_log2
+from ...analysis.counting import any_last, ceil_log2
+from ...analysis.storage import BitWidths
 from ...core.errors import unknown_name
 from ...structures import Structure, parse_structure, shape_4d
 from .bits import (

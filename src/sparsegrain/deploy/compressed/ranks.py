@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ...analysis.storage import ceil_log2
+from ...analysis.counting import ceil_log2
 from .bits import BitReader, BitWriter
 
 _RANK_TABLE_LIMIT = 1 << 22  # binomial-table entries for uint64 ranks; Python integers above
