@@ -60,13 +60,18 @@ class _Threshold(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w: Tensor, t: Tensor, p: float, theta: float) -> Tensor:
         # sign(w) (|w|^p - T^p)^(1/p) = w * (1 - (T/|w|)^p)^(1/p), which is exactly w at T = 0.
-        # In place on one buffer (this runs over every pruned weight twice a step). Where
-        # |w| <= T the factor is NaN (or inf); masked_fill_ replaces it by 0.
+        # Where |w| <= T the factor is NaN (or inf); masked_fill replaces it by 0.
         a = w.abs()
         drop = a <= t
-        torch.div(t, a, out=a)
-        a.pow_(p).neg_().add_(1.0).pow_(1.0 / p).mul_(w)
-        a.masked_fill_(drop, 0.0)
+        if torch.compiler.is_compiling():
+            # Out of place: the compiler fuses the chain into one kernel, and torch.compile
+            # cannot trace ``out=`` into a channels_last buffer (a graph break per layer).
+            a = (1.0 - (t / a).pow(p)).pow(1.0 / p).mul(w).masked_fill(drop, 0.0)
+        else:
+            # In place on one buffer (this runs over every pruned weight twice a step).
+            torch.div(t, a, out=a)
+            a.pow_(p).neg_().add_(1.0).pow_(1.0 / p).mul_(w)
+            a.masked_fill_(drop, 0.0)
         ctx.theta = theta
         if theta != 1.0:
             ctx.save_for_backward(drop)

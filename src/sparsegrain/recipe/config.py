@@ -32,6 +32,9 @@ from ..structures import SCORES, parse_structure
 # Sanity caps on keys that have no natural upper bound.
 MAX_THREADS = 1024
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes up to 2**64 - 1; int64 everywhere else
+# torch.compile's modes (reduce-overhead: CUDA graphs; max-autotune: tuned kernels, with CUDA
+# graphs unless -no-cudagraphs)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -134,6 +137,10 @@ class TrainConfig:
     threads: Annotated[int | None, Range(1, limit=MAX_THREADS)] = None
     progress: bool = True
     deterministic: bool = False
+    # Train through ``torch.compile`` (forward and backward; evaluation stays eager). Mask
+    # updates write the masks' buffers in place, so they do not recompile the model.
+    compile: bool = False
+    compile_mode: str = "default"  # torch.compile's mode (COMPILE_MODES); with compile only
     eval_every: Annotated[int, Range(1, limit=EPOCH_LIMIT)] = 1
     # Seconds a rank waits for the others in a collective before the run stops naming the rank
     # that stopped answering (torchrun runs only; torch's own default is 30 minutes).
@@ -153,6 +160,12 @@ class TrainConfig:
             raise ConfigError("train.nesterov: needs train.momentum > 0, got momentum 0")
         if sorted(self.milestones) != list(self.milestones):
             raise ConfigError(f"train.milestones: must be increasing, got {show(self.milestones)}")
+        check_choice(s, "compile_mode", self.compile_mode, COMPILE_MODES)
+        if self.compile_mode != "default" and not self.compile:
+            raise ConfigError(
+                f"train.compile_mode: '{self.compile_mode}' needs train.compile: true "
+                "(the model is not compiled otherwise)"
+            )
 
 
 SPARSITY = Range(0, 1, hi_open=True)  # a share of weights pruned

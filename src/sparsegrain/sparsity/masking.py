@@ -254,7 +254,11 @@ def select_layers(
 
 
 class Mask(nn.Module):
-    """Parametrization ``w -> w * mask``; the mask is a same-shape float buffer (1 keep, 0 drop)."""
+    """Parametrization ``w -> w * mask``; the mask is a same-shape float buffer (1 keep, 0 drop).
+
+    Every mask update writes the buffer in place (``set_mask``, ``load_state_dict``: ``copy_``)
+    and never replaces it: a ``torch.compile``d model reads it as an input of its graph, so a
+    new mask changes none of the compiled graph's guards and nothing recompiles."""
 
     def __init__(self, weight: torch.Tensor):
         super().__init__()

@@ -117,8 +117,9 @@ def train_epoch(
     info: DistInfo = SINGLE,
 ) -> dict[str, float]:
     """One epoch; the LR is set before every step from the pure schedule. ``model`` is what the
-    forward pass goes through (the DistributedDataParallel wrapper under torchrun). A non-finite
-    loss stops the run; the loop's checkpoint from before epoch ``epoch`` + 1 is kept."""
+    forward pass goes through (the DistributedDataParallel wrapper under torchrun, compiled
+    with ``train.compile``). A non-finite loss stops the run; the loop's checkpoint from before
+    epoch ``epoch`` + 1 is kept."""
     tr = recipe.train
     model.train()
     loader.set_epoch(epoch)
@@ -245,7 +246,7 @@ def _run(
         example_inputs=_example_batch(data.test),
     )
     sp.dist = info
-    forward = _ddp(model, info)
+    forward = _compiled(_ddp(model, info), tr)
     with runfiles.RunDir(out, resume=resume, overwrite=overwrite, write=info.main) as rd:
         history: list[dict] = []
         start_epoch, wall = 0, 0.0
@@ -267,7 +268,7 @@ class _Parts:
     """What a training process has built before its first step."""
 
     model: nn.Module
-    forward: nn.Module  # the model, or its DistributedDataParallel wrapper
+    forward: nn.Module  # the model or its DDP wrapper, compiled with train.compile
     data: Any
     optimizer: torch.optim.Optimizer
     sp: Sparsifier
@@ -343,6 +344,19 @@ def _ddp(model: nn.Module, info: DistInfo) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(model)
+
+
+def _compiled(forward: nn.Module, tr) -> nn.Module:
+    """``forward`` through ``torch.compile`` when ``train.compile`` asks for it (the forward
+    graph and its backward; evaluation runs the module itself). Masks are buffers the handle
+    overwrites in place, which the compiled graph reads as inputs: a mask update changes no
+    guard, so nothing recompiles. Shapes are static (``dynamic=False``): every training batch
+    but an epoch's last has one shape, so the model compiles once for it and at most once for
+    a smaller last batch, each graph specialised to its shape. The checkpoints save ``model``,
+    never this wrapper, so their keys carry no ``_orig_mod.`` prefix and resume is unchanged."""
+    if not tr.compile:
+        return forward
+    return torch.compile(forward, mode=tr.compile_mode, dynamic=False)
 
 
 def _epoch_line(row: dict[str, Any], epochs: int) -> str:
