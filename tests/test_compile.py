@@ -241,3 +241,18 @@ def test_train_compile_matches_eager_and_resumes(tmp_path, crash_and_resume):
         torch.testing.assert_close(weights_c[key], weights_e[key], rtol=0, atol=LOOP_ATOL)
     saved, _ = load_tensors(compiled / "checkpoint.safetensors")
     assert not any("_orig_mod" in k for k in saved)
+
+
+def test_sparsify_a_compiled_model_names_layers_as_the_plain_one():
+    from sparsegrain.models import create_model
+
+    plain = create_model("mlp_tiny", num_classes=10, in_channels=1)
+    compiled = torch.compile(plain)  # nothing is compiled before its first call
+    cfg = {"method": "oneshot", "structure": "fine", "target": 0.5, "exclude": []}
+    sp = sparsegrain.sparsify_(compiled, cfg, steps_per_epoch=1)
+    assert [layer.name for layer in sp.layers] == ["fc1", "fc"]
+    fresh = sparsegrain.sparsify_(
+        create_model("mlp_tiny", num_classes=10, in_channels=1), cfg, steps_per_epoch=1
+    )
+    fresh.load_state_dict(sp.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(fresh.masks().values(), sp.masks().values()))

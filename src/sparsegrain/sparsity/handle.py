@@ -37,6 +37,9 @@ class Sparsifier:
         example_inputs: Any = None,
     ):
         cfg = sparsity_config(cfg)
+        # A torch.compile'd model wraps the user's module: layers are named as in that module,
+        # so that the handle's state loads into a handle on the plain model too.
+        model = getattr(model, "_orig_mod", model)
         method_cls = METHODS.get(cfg.method)
         _check_steps_per_epoch(steps_per_epoch, cfg.method, method_cls.uses_clock)
         self.model = model
