@@ -814,3 +814,30 @@ def test_moves_with_literal_sizes_pin(how, why):
     assert r.layers == {} and r.params_after == r.params_before
     assert r.max_abs_diff <= TOL
     assert why in " ".join(r.notes["conv"])
+
+
+class PadsItself(nn.Conv2d):
+    """A conv that pads with zeros in its own forward (as timm's Conv2dSame): padding=0."""
+
+    def forward(self, x):
+        return super().forward(F.pad(x, (1, 1, 1, 1)))
+
+
+class ConstantIntoSelfPadding(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = PadsItself(4, 4, 3, padding=0)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_a_conv_that_pads_in_its_own_forward_is_not_folded_through():
+    m = built(ConstantIntoSelfPadding)
+    with torch.no_grad():
+        m.a.weight[1] = 0
+        m.a.bias[1] = 0.5  # a constant 0.5 channel, read through b's own zero padding
+    r = compact(m, x8())
+    assert r.layers == {} and r.max_abs_diff <= TOL
+    assert "read through zero padding" in " ".join(r.notes["a"])

@@ -78,6 +78,14 @@ def hf_distilbert():
     return HF.DistilBertForSequenceClassification(cfg)
 
 
+def hf_albert():
+    cfg = HF.AlbertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        vocab_size=100, embedding_size=16,
+    )  # fmt: skip
+    return HF.AlbertForSequenceClassification(cfg)
+
+
 def hf_gpt2():
     cfg = HF.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=100, n_positions=16)
     return HF.GPT2LMHeadModel(cfg)
@@ -114,6 +122,7 @@ MODELS = {
     "hf_vit": (hf_vit, vit("*attention*"), image),
     "hf_gpt2": (hf_gpt2, vit("*.attn.c_*"), tokens),
     "hf_distilbert": (hf_distilbert, vit("*attention*"), tokens),
+    "hf_albert": (hf_albert, vit("*attention*"), tokens),  # one layer shared by both depths
 }
 SLOW = {"tv_efficientnet_b0", "tv_regnet_y_400mf", "tv_resnet18"}
 

@@ -97,6 +97,8 @@ def conv(cg: ChannelGraph, node: Node, name: str, m: nn.Module, x: Node) -> None
     pad = m.padding
     no_pad = pad == "valid" or (not isinstance(pad, str) and all(p == 0 for p in as_tuple(pad)))
     no_pad = no_pad or m.padding_mode != "zeros"  # copies of real values: constants stay
+    # A subclass with its own forward may pad by itself (timm's Conv2dSame pads with zeros).
+    no_pad = no_pad and type(m).forward in (nn.Conv1d.forward, nn.Conv2d.forward)
     c = along(cg, x, 1)
     cg.layer_nodes.setdefault(name, []).append(node)
     if m.groups == 1:

@@ -12,7 +12,8 @@ packages is imported here):
   ``q_proj``/``k_proj``/``v_proj`` (ViT) or ``q_lin``/``k_lin``/``v_lin`` (DistilBERT) Linears,
   ``num_attention_heads`` (or ``n_heads``) and ``attention_head_size`` or ``head_dim``; the
   output projection is the sibling output module's ``dense`` (``BertSelfOutput``,
-  ``ViTSelfOutput``), or the module's own ``o_proj``/``out_proj``/``out_lin``;
+  ``ViTSelfOutput``), or the module's own ``o_proj``/``out_proj``/``out_lin``/``dense``
+  (ALBERT);
 - ``gpt2``: GPT-2's attention (``c_attn`` and ``c_proj`` are ``Conv1D``: weights stored
   ``(in, out)``; ``split_size`` splits the fused output into q, k and v).
 
@@ -180,7 +181,7 @@ def _hf(name: str, m: nn.Module, modules: dict[str, nn.Module]) -> AttentionBloc
 def _hf_output(name: str, m: nn.Module, modules, inner: int) -> Part | None:
     """The output projection: the module's own ``o_proj``/``out_proj``, else the ``dense`` of a
     sibling module (BERT's and ViT's ``*SelfOutput``)."""
-    for child in ("o_proj", "out_proj", "out_lin"):
+    for child in ("o_proj", "out_proj", "out_lin", "dense"):
         lin = getattr(m, child, None)
         if isinstance(lin, nn.Linear) and lin.in_features == inner:
             return _linear_part(name, child, lin, "out")
