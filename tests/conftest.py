@@ -1,4 +1,5 @@
-"""Shared test helpers: a CLI run, and a run killed after an epoch then resumed."""
+"""Shared test helpers: a CLI run, a run killed after an epoch then resumed, trained-looking
+BatchNorm statistics."""
 
 import pytest
 import torch
@@ -6,6 +7,18 @@ import torch
 from sparsegrain import cli
 from sparsegrain.core.io import load_tensors
 from sparsegrain.runs import files as runfiles
+
+
+def randomize_bn(model, seed=0):
+    """BN statistics like a trained model's: the shift of a zeroed filter is not 0."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.weight.data = torch.rand(n, generator=g) + 0.5
+            m.bias.data = torch.randn(n, generator=g) * 0.5
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
 
 
 def train_cli(*args) -> int:

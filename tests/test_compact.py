@@ -5,6 +5,7 @@ round trip without pickle."""
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import randomize_bn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -33,18 +34,6 @@ def params(m):
 def zero_filters(conv, idx):
     with torch.no_grad():
         conv.weight[idx] = 0
-
-
-def randomize_bn(model, seed=0):
-    """BN statistics like a trained model's: the shift of a zeroed filter is not 0."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.weight.data = torch.rand(n, generator=g) + 0.5
-            m.bias.data = torch.randn(n, generator=g) * 0.5
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
 
 
 def test_block_intermediate_channels_go(capsys):

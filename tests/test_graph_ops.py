@@ -7,6 +7,7 @@ import importlib.util
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import randomize_bn
 from torch import nn
 
 from sparsegrain.deploy.compact import compact
@@ -39,18 +40,6 @@ def zero_filters(layer, idx):
         layer.weight[idx] = 0
         if layer.bias is not None:
             layer.bias[idx] = 0
-
-
-def randomize_bn(model, seed=0):
-    """BN statistics like a trained model's: a zeroed filter's shift is not 0."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.weight.data = torch.rand(n, generator=g) + 0.5
-            m.bias.data = torch.randn(n, generator=g) * 0.5
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
 
 
 def zero_bn(bn, idx):

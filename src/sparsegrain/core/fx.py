@@ -1,5 +1,5 @@
 """The torch.fx vocabulary shared by the graph readers (coupling, BatchNorm pairing, compaction):
-which modules, functions and methods act per channel, pool, reshape or combine two tensors.
+which modules, functions and methods act per channel, pool or combine two tensors.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from torch import nn
 
 CONVS = (nn.Conv1d, nn.Conv2d)
-NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 POINTWISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh,
     nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Mish, nn.Identity,
@@ -37,8 +36,6 @@ CONST_POOL_FUNCTIONS = {
     F.max_pool1d, F.max_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
     F.adaptive_max_pool1d, F.adaptive_max_pool2d, torch.mean,
 }  # fmt: skip
-RESHAPES = {torch.flatten, torch.reshape, torch.squeeze}
-RESHAPE_METHODS = {"flatten", "view", "reshape", "squeeze", "mean", "amax"}
 BINARY = {
     operator.add: torch.add, operator.iadd: torch.add, torch.add: torch.add,
     operator.sub: torch.sub, operator.isub: torch.sub, torch.sub: torch.sub,

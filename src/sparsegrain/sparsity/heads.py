@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from ..structures import get_score, group_scores, keep_count, select_top, shape_4d
+from .couple import set_sparsity
 from .masking import Layer
 
 
@@ -56,8 +57,7 @@ def masks(
     """Bool masks of the layers that follow a head mask: one head mask per attention module."""
     out: dict[str, Tensor] = {}
     for members in blocks(layers).values():
-        sizes = [layer.param.numel() for layer in members]
-        s = sum(sparsities[m.name] * n for m, n in zip(members, sizes)) / sum(sizes)
+        s = set_sparsity(members, sparsities)
         scores = head_scores(members, weights, score)
         chosen = select_top(scores.reshape(1, -1), keep_count(scores.numel(), s))
         for m in members:

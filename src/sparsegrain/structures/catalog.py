@@ -255,7 +255,7 @@ class KernelQuota(Structure):
 
 
 @dataclass(frozen=True)
-class Neuron(Structure):
+class Neuron(Filter):
     """neuron: one hidden unit of an MLP, i.e. one output row W[k,:] of its first projection
     (fc1, pwconv1, intermediate.dense) with its bias; domain the layer.
 
@@ -265,7 +265,6 @@ class Neuron(Structure):
 
     name = "neuron"
     group = "one MLP hidden unit: the output row W[k,:] of a Linear-like first projection"
-    whole_filters = True
 
     def _fits4(self, shape4: Shape4) -> str | None:
         k, _, r, s = shape4
@@ -274,16 +273,6 @@ class Neuron(Structure):
         if k < 2:
             return f"neuron needs K > 1 (more than one hidden unit), got K={k}"
         return None
-
-    def layout(self, shape4: Shape4) -> tuple[int, int, int]:
-        k, c, r, s = shape4
-        return (1, k, c * r * s)
-
-    def group_view(self, w4: Tensor) -> Tensor:
-        return w4.reshape(1, w4.shape[0], -1)
-
-    def from_group_view(self, t: Tensor, shape4: Sequence[int]) -> Tensor:
-        return t.reshape(self._check_view(t, shape4))
 
     def group_label(self, d: int, g: int, shape4: Shape4) -> str:
         return f"neuron {g}"

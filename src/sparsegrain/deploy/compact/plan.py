@@ -88,7 +88,7 @@ def plan_compaction(cg: ChannelGraph, ideal: bool = False) -> Plan:
         m = cg.modules[r.layer]
         roots = cg.roots(r.chan.var).tolist()
         if r.layer in cg.depthwise:
-            ok = r.chan.known | True  # a depthwise filter is its channel: never a reason to keep
+            ok = torch.ones_like(r.chan.known)  # a depthwise filter is its own channel
         else:
             ignored = ignored_inputs(layer_weight(m))
             foldable = r.foldable and cg.calls[r.layer] == 1
