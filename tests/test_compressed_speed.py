@@ -1,6 +1,6 @@
-"""Compressed files in linear time: wide ranks by bands of binomials, byte-aligned fields copied as
-bytes, and files and sections of format version 1 (tests/data, written before these paths
-existed) read and written bit for bit."""
+"""Compressed files in linear time: version 1's wide colex ranks by bands of binomials, byte-aligned
+fields copied as bytes, and files and sections of format version 1 (tests/data, written before
+these paths existed) read and written bit for bit. Version 2's split ranks: test_split_ranks.py."""
 
 import json
 import math
@@ -81,41 +81,43 @@ def test_many_ints_in_one_call():
 
 
 @pytest.mark.parametrize("g,n", [(80, 40), (200, 1), (200, 199), (300, 100), (150, 150)])
-def test_wide_ranks_are_the_colex_rank(g, n):
+def test_version_1_wide_ranks_are_the_colex_rank(g, n):
     rng = np.random.default_rng(g + n)
     rows = [np.sort(rng.permutation(g)[:n]) for _ in range(5)]
     rows += [np.arange(n), np.arange(g - n, g)]  # the first and the last subset
     pos = torch.from_numpy(np.stack(rows).astype(np.int64))
     width = ceil_log2(math.comb(g, n))
     wr = BitWriter()
-    write_ranks(wr, pos, g, n)
+    write_ranks(wr, pos, g, n, version=1)
     assert wr.nbits == len(rows) * width
     rd = BitReader(wr.getvalue(), wr.nbits)
     ranks = rd.read_ints(len(rows), width)
     assert ranks == [colex_rank(r) for r in rows]
     assert ranks[-2:] == [0, math.comb(g, n) - 1]
-    back = read_ranks(BitReader(wr.getvalue(), wr.nbits), len(rows), g, n)
+    back = read_ranks(BitReader(wr.getvalue(), wr.nbits), len(rows), g, n, version=1)
     assert torch.equal(back, pos)
 
 
-def test_a_wide_rank_beyond_the_count_is_refused():
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_wide_rank_beyond_the_count_is_refused(version):
     g, n = 80, 40  # C(80, 40) < 2**77: the largest 77-bit field is no rank
     wr = BitWriter()
     wr.write_ints([3, 2**77 - 1], 77)
     with pytest.raises(ValueError, match=r"a rank is >= C\(80, 40\)"):
-        read_ranks(BitReader(wr.getvalue()), 2, g, n)
+        read_ranks(BitReader(wr.getvalue()), 2, g, n, version=version)
 
 
-def test_a_wide_layer_round_trips_at_the_predicted_bits():
+def test_version_1_wide_layer_round_trips_at_the_predicted_bits():
     # 64 filters of 1024 1x1 kernels, half kept: 64 ranks of ceil(log2 C(1024, 512)) = 1019 bits.
     g = torch.Generator().manual_seed(3)
     w = torch.randn(64, 1024, 1, 1, generator=g)
     w = w * parse_structure("kernel-quota").mask(w, 0.5)
-    out = encode_layer(w, "kernel-quota", "quota-rank")
+    out = encode_layer(w, "kernel-quota", "quota-rank", version=1)
     assert ceil_log2(math.comb(1024, 512)) == 1019
     assert out["bits"] == encode(w, "kernel-quota")["quota-rank"].total == 64 * (512 * 32 + 1019)
     assert layer_storage(w, "kernel-quota")["best"] == "quota-rank"
-    back = decode_layer(out["data"], w.shape, "kernel-quota", "quota-rank", out["counts"])
+    counts = out["counts"]
+    back = decode_layer(out["data"], w.shape, "kernel-quota", "quota-rank", counts, version=1)
     assert torch.equal(back, w)
     rd = BitReader(out["data"], out["bits"])
     rd.read(64 * 512, 32)
@@ -166,11 +168,13 @@ def test_version_1_sections_are_written_and_read_bit_for_bit():
     for i, s in enumerate(sections):
         bits = BitWidths(value=s["value_bits"], index=s["index_bits"])
         w, data = ref[f"{s['layer']}.weight"], blobs[f"{i:03d}"].numpy().tobytes()
-        out = encode_layer(w, s["structure"], s["encoding"], bits)
+        out = encode_layer(w, s["structure"], s["encoding"], bits, version=1)
         assert out["data"] == data and out["bits"] == s["bits"], s["layer"]
         assert out["counts"] == s["counts"]
         assert out["bits"] == encode(w, s["structure"], bits)[s["encoding"]].total
-        back = decode_layer(data, w.shape, s["structure"], s["encoding"], s["counts"], bits)
+        back = decode_layer(
+            data, w.shape, s["structure"], s["encoding"], s["counts"], bits, version=1
+        )
         want = w if bits.value == 32 else w.to(torch.float16).to(torch.float32)
         assert torch.equal(patterns(back), patterns(want)), (s["layer"], s["encoding"])
 
@@ -193,24 +197,27 @@ def _subsets(g: int, n: int, rng) -> np.ndarray:
 @pytest.mark.parametrize(
     "g,n", [(70, 35), (3000, 9), (3000, 2991), (257, 128), (600, 300), (1000, 40)]
 )
-def test_wide_ranks_of_stretched_windows(g, n):
+def test_version_1_wide_ranks_of_stretched_windows(g, n):
     pos = _subsets(g, n, np.random.default_rng(g * n))
     assert all(len(set(r.tolist())) == n for r in pos)
     width = ceil_log2(math.comb(g, n))
     assert width > 63  # the Python-integer path
     wr = BitWriter()
-    write_ranks(wr, pos, g, n)
+    write_ranks(wr, pos, g, n, version=1)
     assert BitReader(wr.getvalue(), wr.nbits).read_ints(len(pos), width) == [
         colex_rank(r) for r in pos
     ]
-    assert torch.equal(
-        read_ranks(BitReader(wr.getvalue(), wr.nbits), len(pos), g, n), torch.from_numpy(pos)
-    )
+    back = read_ranks(BitReader(wr.getvalue(), wr.nbits), len(pos), g, n, version=1)
+    assert torch.equal(back, torch.from_numpy(pos))
 
 
-def test_ranks_of_many_jobs_equal_ranks_job_by_job(monkeypatch):
+@pytest.mark.parametrize(
+    "version,names",
+    [(1, ("_wide_ranks", "_wide_positions")), (2, ("split_ranks", "split_positions"))],
+)
+def test_ranks_of_many_jobs_equal_ranks_job_by_job(monkeypatch, version, names):
     calls = []
-    for name in ("_wide_ranks", "_wide_positions"):
+    for name in names:
         real = getattr(ranks, name)
         monkeypatch.setattr(ranks, name, lambda *a, _f=real, _n=name: calls.append(_n) or _f(*a))
     rng = np.random.default_rng(5)
@@ -219,26 +226,27 @@ def test_ranks_of_many_jobs_equal_ranks_job_by_job(monkeypatch):
     one = [BitWriter() for _ in specs]
     for wr, p, (g, n) in zip(one, pos, specs):
         wr.write([1], 1)  # off a byte boundary
-        write_ranks(wr, p, g, n)
+        write_ranks(wr, p, g, n, version)
     many = [BitWriter() for _ in specs]
     for wr in many:
         wr.write([1], 1)
     calls.clear()
-    write_ranks_many([(wr, p, g, n) for wr, p, (g, n) in zip(many, pos, specs)])
-    assert calls == ["_wide_ranks"] * 3  # one set of passes per (G, n); C(40, 20) by the table
+    write_ranks_many([(wr, p, g, n) for wr, p, (g, n) in zip(many, pos, specs)], version)
+    assert calls == [names[0]] * 3  # one batch per (G, n); C(40, 20) by the table
     assert [wr.getvalue() for wr in many] == [wr.getvalue() for wr in one]
     readers = [BitReader(wr.getvalue(), wr.nbits) for wr in one]
     for rd in readers:
         assert rd.read(1, 1).tolist() == [1]
     calls.clear()
-    back = read_ranks_many([(rd, len(p), g, n) for rd, p, (g, n) in zip(readers, pos, specs)])
-    assert calls == ["_wide_positions"] * 3
+    jobs = [(rd, len(p), g, n) for rd, p, (g, n) in zip(readers, pos, specs)]
+    back = read_ranks_many(jobs, version)
+    assert calls == [names[1]] * 3
     assert all(torch.equal(b, torch.from_numpy(p)) for b, p in zip(back, pos))
     assert all(rd.pos == rd.nbits for rd in readers)
     wr = BitWriter()
     wr.write_ints([math.comb(300, 150)], ceil_log2(math.comb(300, 150)))  # one past the last rank
     with pytest.raises(ValueError, match=r"a rank is >= C\(300, 150\)"):
-        read_ranks_many([(BitReader(wr.getvalue()), 1, 300, 150)])
+        read_ranks_many([(BitReader(wr.getvalue()), 1, 300, 150)], version)
 
 
 def test_layers_encoded_together_give_the_sections_of_one_at_a_time():

@@ -16,7 +16,7 @@ import json
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -125,12 +125,15 @@ def remove_pending() -> None:
     PENDING.clear()
 
 
-def atomic_write(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one.
+def atomic_write(path: str | Path, data: bytes | Sequence[bytes | memoryview]) -> None:
+    """Write ``data`` (bytes, or chunks written one after another, so that a large file need
+    not be joined in memory first) to ``path`` so that a crash leaves either the old file or the
+    new one.
 
     Temporary file in the same directory, fsync, the umask's mode, rename over the target, fsync
     the directory. A failure (``ENOSPC``, ``EROFS``, ``EACCES``, ...) removes the temporary
     file, leaves the target as it was and raises ``WriteError`` naming ``path``."""
+    chunks = [data] if isinstance(data, bytes | bytearray | memoryview) else data
     shown = Path(path)
     path = _target(shown)
     tmp = None
@@ -139,9 +142,10 @@ def atomic_write(path: str | Path, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         PENDING.add(tmp)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            for chunk in chunks:
+                view = memoryview(chunk).cast("B")
+                while view:
+                    view = view[os.write(fd, view) :]
             os.fchmod(fd, new_file_mode())
             os.fsync(fd)
         finally:

@@ -39,10 +39,10 @@ from ...core.io import atomic_write
 from ...structures import Structure, parse_structure
 from .bits import check_bits
 from .encodings import decode_layers, encode_layers
+from .ranks import VERSION, VERSIONS
 
 MAGIC = b"\x89SGC\r\n\x1a\n"
 FORMAT = "sparsegrain-compressed"
-VERSION = 1
 DTYPES = {
     n: getattr(torch, n)
     for n in ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8")
@@ -90,8 +90,9 @@ def _sparse_keys(sd: dict[str, Tensor], structures: dict) -> dict[str, tuple[str
     return out
 
 
-def _raw_bytes(t: Tensor) -> bytes:
-    return t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+def _raw_bytes(t: Tensor) -> memoryview:
+    """The tensor's bytes, without a copy where it is contiguous."""
+    return memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
 def _from_raw(data: bytes, shape: list[int], dtype: torch.dtype) -> Tensor:
@@ -107,8 +108,12 @@ def write_compressed(
     structures: dict[str, str | Structure | None],
     path: str | Path,
     bits: BitWidths | None = None,
+    version: int = VERSION,
 ) -> dict:
     """Write the compressed file (module doc) atomically; return what was written vs predicted.
+
+    ``version`` is the format version (``VERSIONS``; the latest by default, 1 for readers of
+    sparsegrain before its split ranks: the files differ only in wide quota-rank fields).
 
     ``structures`` maps a layer name (``"layer1.0.conv1"``, or a state_dict key) to its structure
     spec, or None for a layer left dense; tensors it does not name are stored raw. Each sparse
@@ -122,6 +127,8 @@ def write_compressed(
     header).
     """
     bits = check_bits(bits or BitWidths())
+    if version not in VERSIONS:
+        raise ValueError(f"format version {version!r}; allowed: {', '.join(map(str, VERSIONS))}")
     sd = _state_dict(model_or_state_dict)
     sparse = _sparse_keys(sd, structures)
     plan: dict[str, tuple[str, Structure, str, int]] = {}  # key -> layer, structure, best, bits
@@ -133,8 +140,8 @@ def write_compressed(
             raise ValueError(f"layer '{layer}': {e}") from None
         plan[key] = (layer, st, best, cost.total)
     layers = [(sd[key], st, best) for key, (_, st, best, _) in plan.items()]
-    encoded = dict(zip(plan, encode_layers(layers, bits)))  # layers sharing (G, n) together
-    entries, sections, rows, offset, raw_bits = [], [], [], 0, 0
+    encoded = dict(zip(plan, encode_layers(layers, bits, version)))  # (G, n) shared: together
+    entries, sections, rows, offset, raw_bits, crc = [], [], [], 0, 0, 0
     for key, t in sd.items():
         entry: dict[str, Any] = {"name": key, "shape": list(t.shape), "dtype": str(t.dtype)[6:]}
         if key in plan:
@@ -151,35 +158,35 @@ def write_compressed(
         offset += len(data)
         entries.append(entry)
         sections.append(data)
-    payload = b"".join(sections)
+        crc = zlib.crc32(data, crc)
     header = {
         "format": FORMAT,
-        "version": VERSION,
+        "version": version,
         "byteorder": "little",
         "bits": {"value": bits.value, "index": bits.index},
-        "payload": {"bytes": len(payload), "crc32": zlib.crc32(payload)},
+        "payload": {"bytes": offset, "crc32": crc},
         "tensors": entries,
     }
     head = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
-    blob = MAGIC + struct.pack("<I", len(head)) + head + payload
-    atomic_write(path, blob)
+    head = MAGIC + struct.pack("<I", len(head)) + head
+    atomic_write(path, [head, *sections])  # the sections are never joined in memory
     predicted = -(-(sum(r["predicted_bits"] for r in rows) + raw_bits) // 8)
-    header_bytes = len(blob) - len(payload)
+    file_bytes = len(head) + offset
     return {
         "path": str(path),
         "bits": {"value": bits.value, "index": bits.index},
         "layers": rows,
         "raw_bits": raw_bits,
-        "file_bytes": len(blob),
-        "header_bytes": header_bytes,
-        "payload_bytes": len(payload),
-        "predicted_bytes": predicted + header_bytes,
-        "ratio": len(blob) / (predicted + header_bytes),
-        "ratio_to_storage": len(blob) / predicted if predicted else math.inf,
+        "file_bytes": file_bytes,
+        "header_bytes": len(head),
+        "payload_bytes": offset,
+        "predicted_bytes": predicted + len(head),
+        "ratio": file_bytes / (predicted + len(head)),
+        "ratio_to_storage": file_bytes / predicted if predicted else math.inf,
     }
 
 
-def _read_header(path: Path, blob: bytes) -> tuple[dict, bytes]:
+def _read_header(path: Path, blob: bytes) -> tuple[dict, memoryview]:
     bad = f"{path} is not a sparsegrain compressed file"
     if len(blob) < 12 or blob[:8] != MAGIC:
         raise ConfigError(f"{bad} (no '{FORMAT}' signature)")
@@ -197,9 +204,12 @@ def _read_header(path: Path, blob: bytes) -> tuple[dict, bytes]:
         version = header["version"]
     except (zlib.error, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"compressed file {path} has a corrupt header ({e})") from None
-    if version != VERSION:
-        raise ConfigError(f"compressed file {path} has version {version}; this reads {VERSION}")
-    return header, blob[12 + size :]
+    if version not in VERSIONS:
+        raise ConfigError(
+            f"compressed file {path} has version {version}; this reads "
+            f"{', '.join(map(str, VERSIONS))}"
+        )
+    return header, memoryview(blob)[12 + size :]  # no copy of the payload
 
 
 def read_compressed(path: str | Path) -> tuple[dict[str, Tensor], dict]:
@@ -225,13 +235,15 @@ def read_compressed(path: str | Path) -> tuple[dict[str, Tensor], dict]:
         raise ConfigError(f"compressed file {path} is corrupt (payload checksum mismatch)")
     try:
         bits = check_bits(BitWidths(value=header["bits"]["value"], index=header["bits"]["index"]))
-        state = _read_tensors(header["tensors"], payload, bits)
+        state = _read_tensors(header["tensors"], payload, bits, header["version"])
     except (ValueError, EOFError, KeyError, TypeError, IndexError, RuntimeError) as e:
         raise ConfigError(f"compressed file {path} is corrupt ({type(e).__name__}: {e})") from None
     return state, header
 
 
-def _read_tensors(entries: list[dict], payload: bytes, bits: BitWidths) -> dict[str, Tensor]:
+def _read_tensors(
+    entries: list[dict], payload: memoryview, bits: BitWidths, version: int
+) -> dict[str, Tensor]:
     """Every tensor of the header, in order; the sparse sections decoded together."""
     raw, sparse = {}, {}
     for entry in entries:
@@ -251,5 +263,5 @@ def _read_tensors(entries: list[dict], payload: bytes, bits: BitWidths) -> dict[
         sparse[entry["name"]] = (
             data, shape, entry["structure"], entry["encoding"], entry["counts"], dtype, nbits
         )  # fmt: skip
-    decoded = dict(zip(sparse, decode_layers(list(sparse.values()), bits)))
+    decoded = dict(zip(sparse, decode_layers(list(sparse.values()), bits, version)))
     return {e["name"]: raw[e["name"]] if e["name"] in raw else decoded[e["name"]] for e in entries}

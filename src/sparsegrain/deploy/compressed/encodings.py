@@ -14,8 +14,10 @@ most significant bit first, zero padded to a whole byte (at most 7 bits per sect
   empty groups (stored zeros). A structure of several ``quota_levels`` stores the positions of
   every level in turn; combined: kernel positions (level 1), then element positions inside the
   ``K*m`` selected kernels (level 2).
-- ``quota-rank``: the same values, then per domain the colexicographic rank of its sorted
-  positions ``c_0 < c_1 < ...``, ``sum_i C(c_i, i + 1)``, in ``ceil(log2 C(G, n))`` bits.
+- ``quota-rank``: the same values, then per domain the rank of its sorted positions
+  ``c_0 < c_1 < ...`` among the ``C(G, n)`` subsets, in ``ceil(log2 C(G, n))`` bits: the
+  colexicographic rank ``sum_i C(c_i, i + 1)`` where that fits in 63 bits, else the split rank
+  of ``splits.py`` (format version 2; version 1 stored the colex rank there too, ``ranks.py``).
 
 Values: ``bits.value = 32`` stores the float32 bit pattern (exact for float32, float16 and
 bfloat16 weights); ``16`` stores float16, which is lossy (rounding to 11 significant bits,
@@ -49,7 +51,7 @@ from .bits import (
     relative_gaps,
     value_codes,
 )
-from .ranks import read_ranks_many, write_ranks_many
+from .ranks import VERSION, read_ranks_many, write_ranks_many
 
 Levels = list[tuple[int, int, int]]  # (D, G, n) per quota level
 
@@ -165,22 +167,29 @@ def _encode(
 
 
 def encode_layers(
-    layers: Sequence[tuple[Tensor, str | Structure, str]], bits: BitWidths | None = None
+    layers: Sequence[tuple[Tensor, str | Structure, str]],
+    bits: BitWidths | None = None,
+    version: int = VERSION,
 ) -> list[dict]:
     """``encode_layer`` of every ``(weight, structure, encoding)``, the same sections; the wide
     quota-rank ranks of layers that share ``(G, n)`` are computed together."""
     bits = check_bits(bits or BitWidths())
     jobs: list = []
     parts = [_encode(w, structure, encoding, bits, jobs) for w, structure, encoding in layers]
-    write_ranks_many(jobs)
+    write_ranks_many(jobs, version)
     return [{"data": wr.getvalue(), "bits": wr.nbits, "counts": counts} for wr, counts in parts]
 
 
 def encode_layer(
-    weight: Tensor, structure: str | Structure, encoding: str, bits: BitWidths | None = None
+    weight: Tensor,
+    structure: str | Structure,
+    encoding: str,
+    bits: BitWidths | None = None,
+    version: int = VERSION,
 ) -> dict:
-    """One layer's section: ``{"data": bytes, "bits": exact bit count, "counts": {...}}``."""
-    return encode_layers([(weight, structure, encoding)], bits)[0]
+    """One layer's section: ``{"data": bytes, "bits": exact bit count, "counts": {...}}``, in
+    the rank code of format ``version``."""
+    return encode_layers([(weight, structure, encoding)], bits, version)[0]
 
 
 # -- reading --------------------------------------------------------------------------------------
@@ -291,13 +300,15 @@ def _decode(section: Section, bits: BitWidths, jobs: list):
     return lambda positions: out
 
 
-def decode_layers(sections: Sequence[Section], bits: BitWidths | None = None) -> list[Tensor]:
+def decode_layers(
+    sections: Sequence[Section], bits: BitWidths | None = None, version: int = VERSION
+) -> list[Tensor]:
     """``decode_layer`` of every ``(data, shape, structure, encoding, counts, dtype, nbits)``;
     the wide quota-rank ranks of sections that share ``(G, n)`` are unranked together."""
     bits = check_bits(bits or BitWidths())
     jobs: list = []
     finish = [_decode(section, bits, jobs) for section in sections]
-    positions = read_ranks_many(jobs)
+    positions = read_ranks_many(jobs, version)
     return [f(positions) for f in finish]
 
 
@@ -310,9 +321,11 @@ def decode_layer(
     bits: BitWidths | None = None,
     dtype: torch.dtype = torch.float32,
     nbits: int | None = None,
+    version: int = VERSION,
 ) -> Tensor:
     """Inverse of ``encode_layer``; a malformed section raises ValueError or EOFError."""
-    return decode_layers([(data, shape, structure, encoding, counts, dtype, nbits)], bits)[0]
+    section = (data, shape, structure, encoding, counts, dtype, nbits)
+    return decode_layers([section], bits, version)[0]
 
 
 def _check_end(rd: BitReader, nbits: int | None) -> None:

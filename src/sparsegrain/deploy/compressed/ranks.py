@@ -1,10 +1,15 @@
-"""Subset ranks of the ``quota-rank`` encoding: the colexicographic rank ``sum_i C(c_i, i + 1)``
-of the ``n`` positions ``c_0 < c_1 < ...`` a domain keeps among its ``G`` groups.
+"""Subset ranks of the ``quota-rank`` encoding: a number below ``C(G, n)`` naming the ``n``
+positions ``c_0 < c_1 < ...`` a domain keeps among its ``G`` groups, in ``ceil(log2 C(G, n))``
+bits.
 
-Ranks of at most 63 bits come from a uint64 table of binomials. Wider ones (a 1x1 conv of 1024
-input channels at half density needs 1019 bits per filter) are computed for all domains of a
-layer at once, in ``n`` passes over numpy object arrays of Python integers (exact, and the
-additions run in C). The passes read rows of the table ``T[i, t] = C(i + t, i + 1)``, the term of
+Ranks of at most 63 bits are the colexicographic rank ``sum_i C(c_i, i + 1)`` from a uint64
+table of binomials, in every format version. Wider ones (a 1x1 conv of 1024 input channels at
+half density needs 1019 bits per filter) are the split rank of ``splits.py`` from format
+version 2 on: about ``G / 64`` big-integer steps per domain, computed for all domains of every
+layer of one ``G`` at once. Format version 1 stored the colex rank there too; it is still read
+(and written on request), in ``n`` passes over numpy object arrays of Python integers for all
+domains of the layers that share ``(G, n)``. The passes read rows of the table
+``T[i, t] = C(i + t, i + 1)``, the term of
 a kept group ``c_i = i + t`` (``t`` empty groups below it): Pascal's rule links rows
 (``T[i, t] = T[i, t - 1] + T[i - 1, t]``), and along a row
 ``T[i, t] = T[i, t - 1] * (i + t) // (t - 1)`` (``t >= 2``; ``T[i, 0] = 0``, ``T[i, 1] = 1``).
@@ -24,6 +29,10 @@ from torch import Tensor
 
 from ...analysis.counting import ceil_log2
 from .bits import BitReader, BitWriter
+from .splits import split_positions, split_ranks
+
+VERSION = 2  # the format version written by default; the versions differ in the wide ranks only
+VERSIONS = (1, 2)
 
 _RANK_TABLE_LIMIT = 1 << 22  # binomial-table entries for uint64 ranks; Python integers above
 _TRIES = 4  # unranking: candidates tried one by one before a binary search
@@ -159,80 +168,107 @@ def _wide_positions(ranks: list[int], g: int, n: int) -> np.ndarray:
 # -- fields ---------------------------------------------------------------------------------------
 
 
-def write_ranks(wr: BitWriter, pos: Tensor | np.ndarray, g: int, n: int) -> None:
-    """The rank of every row of ascending positions ``pos (D, n)`` in ``ceil(log2 C(g, n))``
-    bits."""
-    width, pos = ceil_log2(math.comb(g, n)), np.asarray(pos, dtype=np.int64)
-    table = _comb_table(g, n)
-    if table is not None:
-        wr.write(table[pos, np.arange(1, n + 1)].sum(1, dtype=np.uint64), width)
-    elif pos.shape[0]:
-        wr.write_ints(_wide_ranks(pos, g, n), width)
+def _is_wide(g: int, n: int) -> bool:
+    """True where ranks go through Python integers (no uint64 table)."""
+    return g * (n + 1) > _RANK_TABLE_LIMIT or ceil_log2(math.comb(g, n)) > 63
 
 
-def read_ranks(rd: BitReader, d: int, g: int, n: int) -> Tensor:
-    """Inverse of ``write_ranks``: ``(d, n)`` ascending positions; ValueError on a bad rank."""
-    total, width = math.comb(g, n), ceil_log2(math.comb(g, n))
+def _check_version(version: int) -> None:
+    if version not in VERSIONS:
+        raise ValueError(f"format version {version!r}; allowed: {', '.join(map(str, VERSIONS))}")
+
+
+def _wide_of(pos: np.ndarray, g: int, n: int, version: int, rows: dict) -> list[int]:
+    return _wide_ranks(pos, g, n) if version == 1 else split_ranks(pos, g, rows)
+
+
+def _wide_from(ranks: list[int], g: int, n: int, version: int, rows: dict) -> np.ndarray:
+    return _wide_positions(ranks, g, n) if version == 1 else split_positions(ranks, g, n, rows)
+
+
+def _narrow_ranks(pos: np.ndarray, g: int, n: int) -> np.ndarray:
     table = _comb_table(g, n)
-    if table is not None:
-        r = rd.read(d, width)
-        if (r >= np.uint64(total)).any():
-            raise ValueError(f"a rank is >= C({g}, {n})")
-        out = np.zeros((d, n), dtype=np.int64)
-        for i in range(n - 1, -1, -1):
-            out[:, i] = np.searchsorted(table[:, i + 1], r, side="right") - 1
-            r = r - table[out[:, i], i + 1]
-        return torch.from_numpy(out)
-    ranks = rd.read_ints(d, width)
+    return table[pos, np.arange(1, n + 1)].sum(1, dtype=np.uint64)
+
+
+def _narrow_positions(r: np.ndarray, g: int, n: int) -> Tensor:
+    table, total = _comb_table(g, n), math.comb(g, n)
+    if (r >= np.uint64(total)).any():
+        raise ValueError(f"a rank is >= C({g}, {n})")
+    out = np.zeros((r.size, n), dtype=np.int64)
+    for i in range(n - 1, -1, -1):
+        out[:, i] = np.searchsorted(table[:, i + 1], r, side="right") - 1
+        r = r - table[out[:, i], i + 1]
+    return torch.from_numpy(out)
+
+
+def _read_wide(rd: BitReader, d: int, g: int, n: int) -> list[int]:
+    total = math.comb(g, n)
+    ranks = rd.read_ints(d, ceil_log2(total))
     if any(r >= total for r in ranks):
         raise ValueError(f"a rank is >= C({g}, {n})")
-    return torch.from_numpy(_wide_positions(ranks, g, n))
+    return ranks
+
+
+def write_ranks(
+    wr: BitWriter, pos: Tensor | np.ndarray, g: int, n: int, version: int = VERSION
+) -> None:
+    """The rank of every row of ascending positions ``pos (D, n)`` in ``ceil(log2 C(g, n))``
+    bits."""
+    write_ranks_many([(wr, pos, g, n)], version)
+
+
+def read_ranks(rd: BitReader, d: int, g: int, n: int, version: int = VERSION) -> Tensor:
+    """Inverse of ``write_ranks``: ``(d, n)`` ascending positions; ValueError on a bad rank."""
+    return read_ranks_many([(rd, d, g, n)], version)[0]
 
 
 # -- many layers at once --------------------------------------------------------------------------
 
 
-def _is_wide(g: int, n: int) -> bool:
-    """True where ``write_ranks`` goes through Python integers (no uint64 table)."""
-    return g * (n + 1) > _RANK_TABLE_LIMIT or ceil_log2(math.comb(g, n)) > 63
-
-
-def write_ranks_many(jobs: Sequence[tuple[BitWriter, np.ndarray, int, int]]) -> None:
+def write_ranks_many(
+    jobs: Sequence[tuple[BitWriter, np.ndarray, int, int]], version: int = VERSION
+) -> None:
     """``write_ranks(wr, pos, g, n)`` for every job, in order, with the wide ranks of all jobs
-    of one ``(g, n)`` computed in one set of ``n`` passes (the layers of a model share a few)."""
+    of one ``(G, n)`` computed together (the layers of a model share a few)."""
+    _check_version(version)
     groups: dict[tuple[int, int], list[int]] = {}
     for j, (_, pos, g, n) in enumerate(jobs):
         if len(pos) and _is_wide(g, n):
             groups.setdefault((g, n), []).append(j)
     ranks: dict[int, list[int]] = {}
+    rows: dict = {}  # split ranks: rows of binomial sums that every (G, n) shares
     for (g, n), js in groups.items():
         parts = [np.asarray(jobs[j][1], dtype=np.int64) for j in js]
-        flat, k = _wide_ranks(np.concatenate(parts), g, n), 0
+        flat, k = _wide_of(np.concatenate(parts), g, n, version, rows), 0
         for j, part in zip(js, parts):
             ranks[j], k = flat[k : k + len(part)], k + len(part)
     for j, (wr, pos, g, n) in enumerate(jobs):
+        width = ceil_log2(math.comb(g, n))
         if j in ranks:
-            wr.write_ints(ranks[j], ceil_log2(math.comb(g, n)))
-        else:
-            write_ranks(wr, pos, g, n)
+            wr.write_ints(ranks[j], width)
+        elif len(pos):
+            wr.write(_narrow_ranks(np.asarray(pos, dtype=np.int64), g, n), width)
 
 
-def read_ranks_many(jobs: Sequence[tuple[BitReader, int, int, int]]) -> list[Tensor]:
+def read_ranks_many(
+    jobs: Sequence[tuple[BitReader, int, int, int]], version: int = VERSION
+) -> list[Tensor]:
     """``read_ranks(rd, d, g, n)`` for every job, in order (the fields are read in that order),
-    with the wide ranks of all jobs of one ``(g, n)`` unranked in one set of ``n`` passes."""
+    with the wide ranks of all jobs of one ``(G, n)`` unranked together."""
+    _check_version(version)
     out: list[Tensor | None] = [None] * len(jobs)
     groups: dict[tuple[int, int], list[tuple[int, list[int]]]] = {}
     for j, (rd, d, g, n) in enumerate(jobs):
-        if not (d and _is_wide(g, n)):
-            out[j] = read_ranks(rd, d, g, n)
-            continue
-        total = math.comb(g, n)
-        ranks = rd.read_ints(d, ceil_log2(total))
-        if any(r >= total for r in ranks):
-            raise ValueError(f"a rank is >= C({g}, {n})")
-        groups.setdefault((g, n), []).append((j, ranks))
+        if not d:
+            out[j] = torch.zeros((0, n), dtype=torch.int64)
+        elif _is_wide(g, n):
+            groups.setdefault((g, n), []).append((j, _read_wide(rd, d, g, n)))
+        else:
+            out[j] = _narrow_positions(rd.read(d, ceil_log2(math.comb(g, n))), g, n)
+    rows: dict = {}
     for (g, n), items in groups.items():
-        pos, k = _wide_positions([r for _, rs in items for r in rs], g, n), 0
+        pos, k = _wide_from([r for _, rs in items for r in rs], g, n, version, rows), 0
         for j, rs in items:
             out[j], k = torch.from_numpy(pos[k : k + len(rs)]), k + len(rs)
     return out  # type: ignore[return-value]
