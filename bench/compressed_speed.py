@@ -16,14 +16,20 @@ its section (best of 5, from the page cache: a floor for safetensors).
 
 The last rows time the whole file: ``write_compressed`` + ``read_compressed`` of the state_dict
 (each layer in storage.py's best encoding, the choice included; the wide ranks of layers that
-share ``(G, n)`` computed together) against safetensors on the same state_dict. Every layer's
-written bits equal its predicted bits; the file is ``ratio`` times ``predicted_bytes``
-(sections are padded to whole bytes). One run; the machine may be noisy, so read the ratios.
+share ``(G, n)`` computed together), in format version 2 (split ranks) and version 1 (colex
+ranks, the code before version 2), best of ``--rounds``, against safetensors on the same
+state_dict. ``write_compressed`` is durable (fsync of the file and its directory before it
+returns); ``save_file`` is not, so safetensors is timed both ways: the ``x st`` columns divide
+by the plain save and load, the last column (``w+r x st+fsync``) by a save followed by an fsync
+of the file, and the same load. Every layer's written bits equal its predicted bits; the file is
+``ratio`` times ``predicted_bytes`` (sections are padded to whole bytes). One run; the machine
+may be noisy, so read the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -58,18 +64,26 @@ def masked_resnet50(sparsity: float) -> tuple[dict[str, torch.Tensor], dict[str,
     return model.state_dict(), structures
 
 
-def safetensors_time(tensors: dict[str, torch.Tensor], path: Path) -> tuple[float, float]:
-    """Best of 5 of (save, load) seconds."""
-    best = (float("inf"), float("inf"))
-    for _ in range(5):
+def safetensors_time(
+    tensors: dict[str, torch.Tensor], path: Path, rounds: int = 5
+) -> tuple[float, float, float]:
+    """Best of ``rounds`` of (save, save + fsync, load) seconds."""
+    best = [float("inf")] * 3
+    for _ in range(rounds):
+        path.unlink(missing_ok=True)  # a new file each time, as the compressed rounds write
         t0 = time.perf_counter()
         save_file(tensors, path)
         t1 = time.perf_counter()
-        loaded = {k: t.clone() for k, t in load_file(path).items()}  # read every byte
+        path.unlink()
+        save_file(tensors, path)
+        with open(path, "rb+") as f:
+            os.fsync(f.fileno())
         t2 = time.perf_counter()
+        loaded = {k: t.clone() for k, t in load_file(path).items()}  # read every byte
+        t3 = time.perf_counter()
         del loaded
-        best = (min(best[0], t1 - t0), min(best[1], t2 - t1))
-    return best
+        best = [min(b, t) for b, t in zip(best, (t1 - t0, t2 - t1, t3 - t2))]
+    return best[0], best[1], best[2]
 
 
 def per_encoding(layers: dict[str, torch.Tensor], st_w: float, st_r: float) -> list[list[str]]:
@@ -106,53 +120,60 @@ def per_encoding(layers: dict[str, torch.Tensor], st_w: float, st_r: float) -> l
     return rows
 
 
-def whole_file(sd, structures, tmp: Path) -> list[str]:
-    t0 = time.perf_counter()
-    info = write_compressed(sd, structures, tmp / "model.sgc")
-    t1 = time.perf_counter()
-    back, _ = read_compressed(tmp / "model.sgc")
-    t2 = time.perf_counter()
-    for k, t in sd.items():
-        if not torch.equal(back[k], t):
-            raise SystemExit(f"whole file: {k} did not read back")
-    st_w, st_r = safetensors_time(sd, tmp / "model.safetensors")
+def whole_file(sd, structures, tmp: Path, rounds: int) -> list[list[str]]:
+    st_w, st_wf, st_r = safetensors_time(sd, tmp / "model.safetensors", max(rounds, 5))
     mb = sum(t.numel() * t.element_size() for t in sd.values()) / 1e6
-    exact = all(r["written_bits"] == r["predicted_bits"] for r in info["layers"])
-    size = f"{info['file_bytes'] / 2**20:.2f}"
-    return [
-        "file (best per layer)",
-        size,
-        f"yes, file {info['ratio']:.5f}x predicted" if exact else "NO",
-        f"{mb / (t1 - t0):.0f}",
-        f"{mb / (t2 - t1):.0f}",
-        f"{(t1 - t0) / st_w:.1f}",
-        f"{(t2 - t1) / st_r:.1f}",
-        f"{(t2 - t0) / (st_w + st_r):.1f}",
-    ], [
-        "file safetensors",
-        f"{(tmp / 'model.safetensors').stat().st_size / 2**20:.2f}",
-        "-",
-        f"{mb / st_w:.0f}",
-        f"{mb / st_r:.0f}",
-        "1.0",
-        "1.0",
-        "1.0",
-    ]
+    rows = []
+    for version in (2, 1):
+        path = tmp / f"model_v{version}.sgc"
+        t_w = t_r = float("inf")
+        for _ in range(rounds):
+            path.unlink(missing_ok=True)  # every round writes a new file, as a first save does
+            t0 = time.perf_counter()
+            info = write_compressed(sd, structures, path, version=version)
+            t1 = time.perf_counter()
+            back, _ = read_compressed(path)
+            t2 = time.perf_counter()
+            t_w, t_r = min(t_w, t1 - t0), min(t_r, t2 - t1)
+        for k, t in sd.items():
+            if not torch.equal(back[k], t):
+                raise SystemExit(f"whole file: {k} did not read back")
+        exact = all(r["written_bits"] == r["predicted_bits"] for r in info["layers"])
+        rows.append(
+            [
+                f"file v{version} (best per layer)",
+                f"{info['file_bytes'] / 2**20:.2f}",
+                f"yes, file {info['ratio']:.5f}x predicted" if exact else "NO",
+                f"{mb / t_w:.0f}",
+                f"{mb / t_r:.0f}",
+                f"{t_w / st_w:.1f}",
+                f"{t_r / st_r:.1f}",
+                f"{(t_w + t_r) / (st_w + st_r):.1f}",
+                f"{(t_w + t_r) / (st_wf + st_r):.1f}",
+            ]
+        )
+    size = f"{(tmp / 'model.safetensors').stat().st_size / 2**20:.2f}"
+    rows.append(["file safetensors", size, "-", f"{mb / st_w:.0f}", f"{mb / st_r:.0f}"])
+    rows[-1] += ["1.0", "1.0", "1.0", f"{(st_w + st_r) / (st_wf + st_r):.1f}"]
+    rows.append(["file safetensors + fsync", size, "-", f"{mb / st_wf:.0f}", f"{mb / st_r:.0f}"])
+    rows[-1] += [f"{st_wf / st_w:.1f}", "1.0", f"{(st_wf + st_r) / (st_w + st_r):.1f}", "1.0"]
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--sparsity", type=float, default=0.5)
+    ap.add_argument("--rounds", type=int, default=3, help="whole file: best of this many")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     sd, structures = masked_resnet50(args.sparsity)
     layers = {f"{name}.weight": sd[f"{name}.weight"] for name in structures}
     with tempfile.TemporaryDirectory() as tmp:
-        st_w, st_r = safetensors_time(layers, Path(tmp) / "layers.safetensors")
+        st_w, _, st_r = safetensors_time(layers, Path(tmp) / "layers.safetensors")
         rows = per_encoding(layers, st_w, st_r)
-        rows += list(whole_file(sd, structures, Path(tmp)))
+        files = whole_file(sd, structures, Path(tmp), args.rounds)
     n = sum(t.numel() for t in layers.values())
     print(
         f"resnet50, {len(layers)} convs {SPEC} {args.sparsity:.0%} ({n / 1e6:.1f}M weights), "
@@ -161,6 +182,8 @@ def main() -> None:
     head = ["encoding", "MiB", "= storage.py", "write MB/s", "read MB/s"]
     head += ["write x st", "read x st", "w+r x st"]
     print(format_table(rows, head))
+    print(f"\nwhole state_dict ({sum(t.numel() for t in sd.values()) / 1e6:.1f}M values)")
+    print(format_table(files, head + ["w+r x st+fsync"]))
 
 
 if __name__ == "__main__":
