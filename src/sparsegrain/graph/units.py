@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..core.fx import CONST_POOLS, POINTWISE_MODULES
+from ..core.onednn import SubsampledConv2d
 from .channels import (
     Chan,
     ChannelGraph,
@@ -32,6 +33,9 @@ from .trace import (
     is_conv1d_transposed,
     tensor_args,
 )
+
+# Forwards that pad as nn.Conv1d / nn.Conv2d do (a subclass with its own may pad by itself)
+PLAIN_CONV_FORWARDS = (nn.Conv1d.forward, nn.Conv2d.forward, SubsampledConv2d.forward)
 
 
 def attr(cg: ChannelGraph, node: Node) -> None:
@@ -98,7 +102,7 @@ def conv(cg: ChannelGraph, node: Node, name: str, m: nn.Module, x: Node) -> None
     no_pad = pad == "valid" or (not isinstance(pad, str) and all(p == 0 for p in as_tuple(pad)))
     no_pad = no_pad or m.padding_mode != "zeros"  # copies of real values: constants stay
     # A subclass with its own forward may pad by itself (timm's Conv2dSame pads with zeros).
-    no_pad = no_pad and type(m).forward in (nn.Conv1d.forward, nn.Conv2d.forward)
+    no_pad = no_pad and type(m).forward in PLAIN_CONV_FORWARDS
     c = along(cg, x, 1)
     cg.layer_nodes.setdefault(name, []).append(node)
     if m.groups == 1:

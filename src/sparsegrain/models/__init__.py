@@ -25,6 +25,7 @@ from typing import Any
 from torch import nn
 
 from ..core.errors import ConfigError, did_you_mean
+from ..core.onednn import guard_pointwise_strided_
 from ..core.registry import Registry
 from ..core.validate import show
 from .external import create_external, external_source
@@ -152,8 +153,11 @@ def create_model(
     out of range.
     """
     if external_source(name) is not None:
-        return create_external(name, num_classes=num_classes, in_channels=in_channels, **kwargs)
-    return MODELS.get(name)(num_classes=num_classes, in_channels=in_channels, **kwargs)
+        model = create_external(name, num_classes=num_classes, in_channels=in_channels, **kwargs)
+    else:
+        model = MODELS.get(name)(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    guard_pointwise_strided_(model)  # a oneDNN CPU fault in narrow strided 1x1 convs
+    return model
 
 
 def option_specs(name: str) -> dict[str, Option] | None:

@@ -10,6 +10,7 @@ from torch.nn.utils import parametrize
 
 from ..core.dist import DistInfo, check_masks
 from ..core.errors import ConfigError
+from ..core.onednn import guard_pointwise_strided_
 from ..methods import METHODS
 from ..recipe.config import SparsityConfig
 from ..recipe.load import Recipe, load_recipe
@@ -40,6 +41,7 @@ class Sparsifier:
         # A torch.compile'd model wraps the user's module: layers are named as in that module,
         # so that the handle's state loads into a handle on the plain model too.
         model = getattr(model, "_orig_mod", model)
+        guard_pointwise_strided_(model)  # a oneDNN CPU fault in training (core/onednn.py)
         method_cls = METHODS.get(cfg.method)
         _check_steps_per_epoch(steps_per_epoch, cfg.method, method_cls.uses_clock)
         self.model = model
