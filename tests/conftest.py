@@ -1,6 +1,9 @@
 """Shared test helpers: a CLI run, a run killed after an epoch then resumed, trained-looking
-BatchNorm statistics."""
+BatchNorm statistics, subset ranks of the compressed format."""
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
@@ -78,3 +81,20 @@ def tiny_recipe(sparsity=None, *, epochs=1, seed=0, train_size=128, test_size=64
         "train": {"epochs": epochs, "lr": 0.05, "progress": False, "seed": seed, "threads": 1},
         "sparsity": sparsity or {"method": "dense"},
     }
+
+
+def colex_rank(row) -> int:
+    """The colexicographic rank of ascending positions, ``sum_i C(c_i, i + 1)``."""
+    return sum(math.comb(int(c), i + 1) for i, c in enumerate(row))
+
+
+def stretched_subsets(g: int, n: int, rng) -> np.ndarray:
+    """Random subsets and ones that stretch the row windows: runs at either end, one cluster,
+    a sparse start and a dense end, the first and the last subset."""
+    rows = [np.sort(rng.permutation(g)[:n]) for _ in range(6)]
+    k, dense = int(rng.integers(0, g - n + 1)), n - n // 4
+    rows += [np.arange(n), np.arange(g - n, g), np.arange(k, k + n)]
+    rows += [np.concatenate([np.arange(n // 2), np.arange(g - (n - n // 2), g)])]
+    sparse = rng.choice(g - dense, n // 4, replace=False)
+    rows += [np.sort(np.concatenate([sparse, np.arange(g - dense, g)]))]
+    return np.stack(rows).astype(np.int64)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import colex_rank, stretched_subsets
 from safetensors.torch import load_file
 
 from sparsegrain.analysis.counting import ceil_log2
@@ -32,10 +33,6 @@ from sparsegrain.deploy.compressed.ranks import (
 from sparsegrain.structures import parse_structure
 
 DATA = Path(__file__).parent / "data"
-
-
-def colex_rank(row) -> int:
-    return sum(math.comb(int(c), i + 1) for i, c in enumerate(row))
 
 
 def patterns(t: torch.Tensor) -> torch.Tensor:
@@ -182,23 +179,11 @@ def test_version_1_sections_are_written_and_read_bit_for_bit():
 # -- wide ranks: windows of rows, many layers at once ----------------------------------------------
 
 
-def _subsets(g: int, n: int, rng) -> np.ndarray:
-    """Random subsets and ones that stretch the row windows: runs at either end, one cluster,
-    a sparse start and a dense end, the first and the last subset."""
-    rows = [np.sort(rng.permutation(g)[:n]) for _ in range(6)]
-    k, dense = int(rng.integers(0, g - n + 1)), n - n // 4
-    rows += [np.arange(n), np.arange(g - n, g), np.arange(k, k + n)]
-    rows += [np.concatenate([np.arange(n // 2), np.arange(g - (n - n // 2), g)])]
-    sparse = rng.choice(g - dense, n // 4, replace=False)
-    rows += [np.sort(np.concatenate([sparse, np.arange(g - dense, g)]))]
-    return np.stack(rows).astype(np.int64)
-
-
 @pytest.mark.parametrize(
     "g,n", [(70, 35), (3000, 9), (3000, 2991), (257, 128), (600, 300), (1000, 40)]
 )
 def test_version_1_wide_ranks_of_stretched_windows(g, n):
-    pos = _subsets(g, n, np.random.default_rng(g * n))
+    pos = stretched_subsets(g, n, np.random.default_rng(g * n))
     assert all(len(set(r.tolist())) == n for r in pos)
     width = ceil_log2(math.comb(g, n))
     assert width > 63  # the Python-integer path
@@ -222,7 +207,7 @@ def test_ranks_of_many_jobs_equal_ranks_job_by_job(monkeypatch, version, names):
         monkeypatch.setattr(ranks, name, lambda *a, _f=real, _n=name: calls.append(_n) or _f(*a))
     rng = np.random.default_rng(5)
     specs = [(80, 40), (300, 150), (80, 40), (40, 20), (300, 150), (300, 149), (80, 40)]
-    pos = [_subsets(g, n, rng)[: 3 + i] for i, (g, n) in enumerate(specs)]  # different D
+    pos = [stretched_subsets(g, n, rng)[: 3 + i] for i, (g, n) in enumerate(specs)]  # different D
     one = [BitWriter() for _ in specs]
     for wr, p, (g, n) in zip(one, pos, specs):
         wr.write([1], 1)  # off a byte boundary

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import colex_rank, stretched_subsets
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 from safetensors.torch import load_file
@@ -33,10 +34,6 @@ from sparsegrain.structures import parse_structure
 DATA = Path(__file__).parent / "data"
 
 
-def colex_rank(row) -> int:
-    return sum(math.comb(int(c), i + 1) for i, c in enumerate(row))
-
-
 def reference_rank(kept, g: int) -> int:
     """The split rank of one subset, transcribed from splits.py's module doc."""
     kept = set(int(c) for c in kept)
@@ -52,15 +49,6 @@ def reference_rank(kept, g: int) -> int:
             joined.append((hl + hr, m, off + rl * math.comb(hr, kr) + rr))
         nodes = joined + nodes[len(nodes) - len(nodes) % 2 :]
     return nodes[0][2]
-
-
-def _subsets(g: int, n: int, rng) -> np.ndarray:
-    """Random subsets, runs at either end, one cluster, both halves' ends."""
-    rows = [np.sort(rng.permutation(g)[:n]) for _ in range(6)]
-    k = int(rng.integers(0, g - n + 1))
-    rows += [np.arange(n), np.arange(g - n, g), np.arange(k, k + n)]
-    rows += [np.concatenate([np.arange(n // 2), np.arange(g - (n - n // 2), g)])]
-    return np.stack(rows).astype(np.int64)
 
 
 def test_the_rank_of_one_group_among_17():
@@ -85,7 +73,7 @@ def test_every_subset_gets_its_own_rank_below_the_count(g, n):
     + [(1000, 40), (1024, 512), (2048, 1024), (3000, 2991)],
 )
 def test_ranks_are_the_definition_and_read_back(g, n):
-    pos = _subsets(g, n, np.random.default_rng(g + n))
+    pos = stretched_subsets(g, n, np.random.default_rng(g + n))
     ranks = split_ranks(pos, g)
     assert ranks == [reference_rank(row, g) for row in pos]
     assert max(ranks) < math.comb(g, n)
@@ -169,7 +157,7 @@ def test_an_unknown_version_is_named(tmp_path):
 
 
 def test_a_width_that_fits_63_bits_is_the_colex_rank_in_both_versions():
-    pos = _subsets(64, 32, np.random.default_rng(0))
+    pos = stretched_subsets(64, 32, np.random.default_rng(0))
     assert ceil_log2(math.comb(64, 32)) == 61
     w = torch.zeros(len(pos), 64)
     w[torch.arange(len(pos))[:, None], torch.from_numpy(pos)] = 1.0

@@ -39,7 +39,7 @@ from ...core.io import atomic_write
 from ...structures import Structure, parse_structure
 from .bits import check_bits
 from .encodings import decode_layers, encode_layers
-from .ranks import VERSION, VERSIONS
+from .ranks import VERSION, VERSIONS, check_version
 
 MAGIC = b"\x89SGC\r\n\x1a\n"
 FORMAT = "sparsegrain-compressed"
@@ -127,8 +127,7 @@ def write_compressed(
     header).
     """
     bits = check_bits(bits or BitWidths())
-    if version not in VERSIONS:
-        raise ValueError(f"format version {version!r}; allowed: {', '.join(map(str, VERSIONS))}")
+    check_version(version)
     sd = _state_dict(model_or_state_dict)
     sparse = _sparse_keys(sd, structures)
     plan: dict[str, tuple[str, Structure, str, int]] = {}  # key -> layer, structure, best, bits

@@ -173,7 +173,8 @@ def _is_wide(g: int, n: int) -> bool:
     return g * (n + 1) > _RANK_TABLE_LIMIT or ceil_log2(math.comb(g, n)) > 63
 
 
-def _check_version(version: int) -> None:
+def check_version(version: int) -> None:
+    """ValueError naming the allowed versions unless ``version`` is one of ``VERSIONS``."""
     if version not in VERSIONS:
         raise ValueError(f"format version {version!r}; allowed: {', '.join(map(str, VERSIONS))}")
 
@@ -231,7 +232,7 @@ def write_ranks_many(
 ) -> None:
     """``write_ranks(wr, pos, g, n)`` for every job, in order, with the wide ranks of all jobs
     of one ``(G, n)`` computed together (the layers of a model share a few)."""
-    _check_version(version)
+    check_version(version)
     groups: dict[tuple[int, int], list[int]] = {}
     for j, (_, pos, g, n) in enumerate(jobs):
         if len(pos) and _is_wide(g, n):
@@ -256,7 +257,7 @@ def read_ranks_many(
 ) -> list[Tensor]:
     """``read_ranks(rd, d, g, n)`` for every job, in order (the fields are read in that order),
     with the wide ranks of all jobs of one ``(G, n)`` unranked together."""
-    _check_version(version)
+    check_version(version)
     out: list[Tensor | None] = [None] * len(jobs)
     groups: dict[tuple[int, int], list[tuple[int, list[int]]]] = {}
     for j, (rd, d, g, n) in enumerate(jobs):
