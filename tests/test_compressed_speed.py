@@ -197,10 +197,11 @@ def test_version_1_wide_ranks_of_stretched_windows(g, n):
 
 
 @pytest.mark.parametrize(
-    "version,names",
-    [(1, ("_wide_ranks", "_wide_positions")), (2, ("split_ranks", "split_positions"))],
+    "version,names,batches",
+    [(1, ("_wide_ranks", "_wide_positions"), 3), (2, ("split_rank_words", "split_keep_words"), 1)],
 )
-def test_ranks_of_many_jobs_equal_ranks_job_by_job(monkeypatch, version, names):
+def test_ranks_of_many_jobs_equal_ranks_job_by_job(monkeypatch, version, names, batches):
+    # Version 1 ranks per (G, n), version 2 every wide job in one batch; C(40, 20) by the table.
     calls = []
     for name in names:
         real = getattr(ranks, name)
@@ -217,7 +218,7 @@ def test_ranks_of_many_jobs_equal_ranks_job_by_job(monkeypatch, version, names):
         wr.write([1], 1)
     calls.clear()
     write_ranks_many([(wr, p, g, n) for wr, p, (g, n) in zip(many, pos, specs)], version)
-    assert calls == [names[0]] * 3  # one batch per (G, n); C(40, 20) by the table
+    assert calls == [names[0]] * batches
     assert [wr.getvalue() for wr in many] == [wr.getvalue() for wr in one]
     readers = [BitReader(wr.getvalue(), wr.nbits) for wr in one]
     for rd in readers:
@@ -225,7 +226,7 @@ def test_ranks_of_many_jobs_equal_ranks_job_by_job(monkeypatch, version, names):
     calls.clear()
     jobs = [(rd, len(p), g, n) for rd, p, (g, n) in zip(readers, pos, specs)]
     back = read_ranks_many(jobs, version)
-    assert calls == [names[1]] * 3
+    assert calls == [names[1]] * batches
     assert all(torch.equal(b, torch.from_numpy(p)) for b, p in zip(back, pos))
     assert all(rd.pos == rd.nbits for rd in readers)
     wr = BitWriter()

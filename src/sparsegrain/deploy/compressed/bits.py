@@ -125,6 +125,43 @@ class BitWriter:
         self._push_bits(np.unpackbits(raw.reshape(-1, nb), axis=1)[:, 8 * nb - width :].ravel())
         self.nbits += len(values) * width
 
+    def write_words(self, words: np.ndarray, width: int) -> None:
+        """Numbers below ``2**width`` given as rows of little-endian uint64 words (at least
+        ``ceil(width / 64)`` per row), each in ``width`` bits (65 or more): shifted into place
+        word by word, without single bits."""
+        nw = -(-width // 64)
+        if width <= 64 or words.ndim != 2 or words.shape[1] < nw:
+            raise ValueError(f"write_words takes rows of {nw} words for width {width} (> 64)")
+        d = words.shape[0]
+        top = np.uint64(width - 64 * (nw - 1))
+        if d and ((words[:, nw:] != 0).any() or (words[:, nw - 1] >> top).any()):
+            raise ValueError(f"a value does not fit in {width} bits")
+        if d == 0:
+            return
+        be = np.zeros((d, nw + 1), dtype=np.uint64)
+        be[:, :nw] = words[:, nw - 1 :: -1]  # most significant word first
+        u = np.uint64(64 * nw - width)  # the field's first bit to bit 63 of word 0
+        aligned = (be[:, :nw] << u) | (be[:, 1:] >> np.uint64(64) - u)
+        lead = self._tail.size
+        start = lead + width * np.arange(d, dtype=np.int64)
+        s = (start % 64).astype(np.uint64)[:, None]
+        placed = np.zeros((d, nw + 1), dtype=np.uint64)
+        placed[:, :nw] = aligned >> s
+        placed[:, 1:] |= aligned << (np.uint64(64) - s)  # a shift by 64 gives 0
+        total = lead + d * width
+        out = np.zeros(-(-total // 64) + 1, dtype=np.uint64)
+        if lead:
+            tail = np.packbits(self._tail)[0]
+            out[0] = np.uint64(int(tail) << 56)
+        at = (start // 64)[:, None] + np.arange(nw + 1)
+        for r in range(3):  # fields three apart never share a word (width > 64)
+            out[at[r::3]] |= placed[r::3]
+        raw = out.astype(">u8").tobytes()[: -(-total // 8)]
+        whole = total // 8
+        self._bytes.append(raw[:whole])
+        self._tail = np.unpackbits(np.frombuffer(raw[whole:], dtype=np.uint8))[: total % 8]
+        self.nbits += d * width
+
     def write_int(self, value: int, width: int) -> None:
         """One Python integer in ``[0, 2**width)`` in ``width`` bits (any width)."""
         if value < 0 or value >> width:
@@ -198,6 +235,28 @@ class BitReader:
         full[:, 8 * nb - width :] = self._take(count * width).reshape(count, width)
         raw = np.packbits(full, axis=1).tobytes()
         return [int.from_bytes(raw[i : i + nb], "big") for i in range(0, count * nb, nb)]
+
+    def read_words(self, count: int, width: int) -> np.ndarray:
+        """``count`` fields of ``width`` bits (65 or more) as rows of ``ceil(width / 64)``
+        little-endian uint64 words (inverse of ``BitWriter.write_words``)."""
+        nw = -(-width // 64)
+        if width <= 64:
+            raise ValueError(f"read_words takes a width above 64, got {width}")
+        self._check(count * width)
+        first, lead = divmod(self.pos, 8)
+        nbytes = -(-(lead + count * width) // 8)
+        buf = np.zeros(-(-nbytes // 8) * 8 + 16, dtype=np.uint8)
+        buf[:nbytes] = self._buf[first : first + nbytes]
+        be = buf.view(">u8").astype(np.uint64)
+        start = lead + width * np.arange(count, dtype=np.int64)
+        s = (start % 64).astype(np.uint64)[:, None]
+        got = be[(start // 64)[:, None] + np.arange(nw + 1)]
+        top = (got[:, :nw] << s) | (got[:, 1:] >> (np.uint64(64) - s))  # field first
+        u = np.uint64(64 * nw - width)
+        field = top >> u
+        field[:, 1:] |= top[:, :-1] << (np.uint64(64) - u)
+        self.pos += count * width
+        return np.ascontiguousarray(field[:, ::-1])
 
     def read_int(self, width: int) -> int:
         """One field of any width as a Python integer."""

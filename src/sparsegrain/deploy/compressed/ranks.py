@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ...analysis.counting import ceil_log2
 from .bits import BitReader, BitWriter
-from .splits import split_positions, split_ranks
+from .splits import from_ints, keep_of, positions_of, split_keep_words, split_rank_words
 
 VERSION = 2  # the format version written by default; the versions differ in the wide ranks only
 VERSIONS = (1, 2)
@@ -179,20 +179,12 @@ def check_version(version: int) -> None:
         raise ValueError(f"format version {version!r}; allowed: {', '.join(map(str, VERSIONS))}")
 
 
-def _wide_of(pos: np.ndarray, g: int, n: int, version: int, rows: dict) -> list[int]:
-    return _wide_ranks(pos, g, n) if version == 1 else split_ranks(pos, g, rows)
-
-
-def _wide_from(ranks: list[int], g: int, n: int, version: int, rows: dict) -> np.ndarray:
-    return _wide_positions(ranks, g, n) if version == 1 else split_positions(ranks, g, n, rows)
-
-
 def _narrow_ranks(pos: np.ndarray, g: int, n: int) -> np.ndarray:
     table = _comb_table(g, n)
     return table[pos, np.arange(1, n + 1)].sum(1, dtype=np.uint64)
 
 
-def _narrow_positions(r: np.ndarray, g: int, n: int) -> Tensor:
+def _narrow_positions(r: np.ndarray, g: int, n: int) -> np.ndarray:
     table, total = _comb_table(g, n), math.comb(g, n)
     if (r >= np.uint64(total)).any():
         raise ValueError(f"a rank is >= C({g}, {n})")
@@ -200,13 +192,30 @@ def _narrow_positions(r: np.ndarray, g: int, n: int) -> Tensor:
     for i in range(n - 1, -1, -1):
         out[:, i] = np.searchsorted(table[:, i + 1], r, side="right") - 1
         r = r - table[out[:, i], i + 1]
-    return torch.from_numpy(out)
+    return out
 
 
-def _read_wide(rd: BitReader, d: int, g: int, n: int) -> list[int]:
+def _below(words: np.ndarray, bound: int) -> bool:
+    """Whether every row of words is below ``bound``."""
+    top = from_ints([bound], words.shape[1])[0]
+    less, equal = np.zeros(len(words), dtype=bool), np.ones(len(words), dtype=bool)
+    for j in range(words.shape[1] - 1, -1, -1):
+        less |= equal & (words[:, j] < top[j])
+        equal &= words[:, j] == top[j]
+    return bool(less.all())
+
+
+def _read_wide(rd: BitReader, d: int, g: int, n: int, version: int) -> list[int] | np.ndarray:
+    """Version 1: the ranks as Python integers; 2: as rows of words (splits.py)."""
     total = math.comb(g, n)
-    ranks = rd.read_ints(d, ceil_log2(total))
-    if any(r >= total for r in ranks):
+    width = ceil_log2(total)
+    if version == 1:
+        ranks = rd.read_ints(d, width)
+        bad = any(r >= total for r in ranks)
+    else:
+        ranks = rd.read_words(d, width)
+        bad = not _below(ranks, total)
+    if bad:
         raise ValueError(f"a rank is >= C({g}, {n})")
     return ranks
 
@@ -227,49 +236,78 @@ def read_ranks(rd: BitReader, d: int, g: int, n: int, version: int = VERSION) ->
 # -- many layers at once --------------------------------------------------------------------------
 
 
+def _as_positions(sel: np.ndarray) -> np.ndarray:
+    sel = np.asarray(sel)
+    return positions_of(sel) if sel.dtype == bool else sel.astype(np.int64, copy=False)
+
+
 def write_ranks_many(
     jobs: Sequence[tuple[BitWriter, np.ndarray, int, int]], version: int = VERSION
 ) -> None:
-    """``write_ranks(wr, pos, g, n)`` for every job, in order, with the wide ranks of all jobs
-    of one ``(G, n)`` computed together (the layers of a model share a few)."""
+    """``write_ranks(wr, sel, g, n)`` for every job, in order; ``sel`` is ``(D, n)`` ascending
+    positions or a bool ``(D, g)`` mask keeping ``n`` per row. The wide ranks of all jobs are
+    computed together: in version 2 every level of every tree at once (splits.py), in
+    version 1 per ``(G, n)``."""
     check_version(version)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for j, (_, pos, g, n) in enumerate(jobs):
-        if len(pos) and _is_wide(g, n):
-            groups.setdefault((g, n), []).append(j)
-    ranks: dict[int, list[int]] = {}
-    rows: dict = {}  # split ranks: rows of binomial sums that every (G, n) shares
-    for (g, n), js in groups.items():
-        parts = [np.asarray(jobs[j][1], dtype=np.int64) for j in js]
-        flat, k = _wide_of(np.concatenate(parts), g, n, version, rows), 0
-        for j, part in zip(js, parts):
-            ranks[j], k = flat[k : k + len(part)], k + len(part)
-    for j, (wr, pos, g, n) in enumerate(jobs):
+    wide = [j for j, (_, sel, g, n) in enumerate(jobs) if len(sel) and _is_wide(g, n)]
+    ranks: dict[int, list[int] | np.ndarray] = {}
+    if version == 1:
+        groups: dict[tuple[int, int], list[int]] = {}
+        for j in wide:
+            groups.setdefault(jobs[j][2:], []).append(j)
+        for (g, n), js in groups.items():
+            parts = [_as_positions(jobs[j][1]) for j in js]
+            flat, k = _wide_ranks(np.concatenate(parts), g, n), 0
+            for j, part in zip(js, parts):
+                ranks[j], k = flat[k : k + len(part)], k + len(part)
+    else:
+        keeps = []
+        for j in wide:
+            sel, g = np.asarray(jobs[j][1]), jobs[j][2]
+            keeps.append(sel if sel.dtype == bool else keep_of(sel.astype(np.int64), g))
+        ranks = dict(zip(wide, split_rank_words(keeps, {})))
+    for j, (wr, sel, g, n) in enumerate(jobs):
         width = ceil_log2(math.comb(g, n))
-        if j in ranks:
+        if j not in ranks:
+            if len(sel):
+                wr.write(_narrow_ranks(_as_positions(sel), g, n), width)
+        elif version == 1:
             wr.write_ints(ranks[j], width)
-        elif len(pos):
-            wr.write(_narrow_ranks(np.asarray(pos, dtype=np.int64), g, n), width)
+        else:
+            wr.write_words(ranks[j], width)
 
 
 def read_ranks_many(
-    jobs: Sequence[tuple[BitReader, int, int, int]], version: int = VERSION
-) -> list[Tensor]:
+    jobs: Sequence[tuple[BitReader, int, int, int]], version: int = VERSION, keep: bool = False
+) -> list[Tensor] | list[np.ndarray]:
     """``read_ranks(rd, d, g, n)`` for every job, in order (the fields are read in that order),
-    with the wide ranks of all jobs of one ``(G, n)`` unranked together."""
+    the wide ranks unranked together (as in ``write_ranks_many``). ``keep``: bool ``(d, g)``
+    numpy masks instead of position tensors."""
     check_version(version)
-    out: list[Tensor | None] = [None] * len(jobs)
-    groups: dict[tuple[int, int], list[tuple[int, list[int]]]] = {}
+    out: list = [None] * len(jobs)
+    wide: list[tuple[int, list[int] | np.ndarray]] = []
     for j, (rd, d, g, n) in enumerate(jobs):
         if not d:
-            out[j] = torch.zeros((0, n), dtype=torch.int64)
+            out[j] = np.zeros((0, n), dtype=np.int64)
         elif _is_wide(g, n):
-            groups.setdefault((g, n), []).append((j, _read_wide(rd, d, g, n)))
+            wide.append((j, _read_wide(rd, d, g, n, version)))
         else:
             out[j] = _narrow_positions(rd.read(d, ceil_log2(math.comb(g, n))), g, n)
-    rows: dict = {}
-    for (g, n), items in groups.items():
-        pos, k = _wide_from([r for _, rs in items for r in rs], g, n, version, rows), 0
-        for j, rs in items:
-            out[j], k = torch.from_numpy(pos[k : k + len(rs)]), k + len(rs)
-    return out  # type: ignore[return-value]
+    if version == 1:
+        groups: dict[tuple[int, int], list[tuple[int, list[int]]]] = {}
+        for j, rs in wide:
+            groups.setdefault(jobs[j][2:], []).append((j, rs))  # type: ignore[arg-type]
+        for (g, n), items in groups.items():
+            pos, k = _wide_positions([r for _, rs in items for r in rs], g, n), 0
+            for j, rs in items:
+                out[j], k = pos[k : k + len(rs)], k + len(rs)
+    else:
+        keeps = split_keep_words([(rs, *jobs[j][2:]) for j, rs in wide], {})  # type: ignore[misc]
+        for (j, _), kept in zip(wide, keeps):
+            out[j] = kept if keep else positions_of(kept)
+    for j, (_, _, g, _) in enumerate(jobs):
+        if keep and out[j].dtype != bool:
+            out[j] = keep_of(out[j], g)
+        elif not keep:
+            out[j] = torch.from_numpy(np.ascontiguousarray(out[j]))
+    return out

@@ -17,16 +17,31 @@ by halves:
   odd one out moves up as it is); the root's rank is the domain's.
 
 Nodes of at most 64 groups rank below ``C(64, 32) < 2**63``: those levels run in uint64 numpy
-arrays. Above, Python integers in numpy object arrays, one multiplication and two additions per
-pair when writing, a search among the ``off`` row of the node's ``m`` and a division when
-reading: about ``G / 64`` big-integer steps per domain where the colex rank took ``n``. Every
-rank below ``C(G, n)`` reads back to one subset, so a corrupt rank cannot yield a bad mask.
+arrays. Above, a rank is a row of little-endian uint64 words (``limbs_for(h)`` of them), and
+the nodes of every layer (every ``G``) on one level are joined or split together, sorted by
+``k_R`` so that each class shares its factor ``C(h_R, k_R)``. A class's ranks are packed into
+one Python integer, a field per node wide enough that no field overflows into the next
+(Kronecker substitution), so one big-integer product multiplies them all:
+
+- writing, ``r_L * C(h_R, k_R)`` per class, then ``r_R`` and ``off`` added to the whole level;
+- reading, ``k_L`` is the last entry of the ``off`` row of ``m`` at or below the rank, found on
+  63-bit prefixes (exactly, with Python integers, only where a prefix ties with an entry);
+  then ``q = floor(rem / C)`` by a reciprocal: with ``t = bitlen(C) - 1`` and
+  ``mu = floor(2**N / C)`` (every ``rem < 2**N``), ``((rem >> t) * mu) >> (N - t)`` lies in
+  ``[q - 2, q]`` (Barrett's estimate; Menezes, van Oorschot and Vanstone, *Handbook of Applied
+  Cryptography*, 14.42), and at most two corrections follow, each one a packed comparison: the
+  field ``rem - q C + 2**g - C`` reaches bit ``g`` exactly where ``rem - q C >= C``.
+
+So a level costs a few big-integer operations per class, not per node. Every rank below
+``C(G, n)`` reads back to one subset, so a corrupt rank cannot yield a bad mask.
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from functools import cache
+from typing import NamedTuple
 
 import numpy as np
 
@@ -50,14 +65,12 @@ def _leaf_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 @cache
-def _comb_row(h: int) -> np.ndarray:
-    """``C(h, k)`` for ``k = 0..h`` as Python integers (object array)."""
+def _comb_row(h: int) -> tuple[int, ...]:
+    """``C(h, k)`` for ``k = 0..h``."""
     vals = [1]
     for k in range(h):
         vals.append(vals[-1] * (h - k) // (k + 1))
-    out = np.empty(h + 1, dtype=object)
-    out[:] = vals
-    return out
+    return tuple(vals)
 
 
 @cache
@@ -65,7 +78,7 @@ def _small_tables(hl: int, hr: int) -> tuple[np.ndarray, np.ndarray]:
     """uint64 ``off[m, k]`` for every ``m <= hl + hr`` and ``k <= hl + 1`` (``off(m, k)`` for a
     possible ``k``, ``C(hl + hr, m)`` above it, so each row ascends and is searchable), and
     ``C(hr, k)``."""
-    cl, cr = _comb_row(hl).tolist(), _comb_row(hr).tolist()
+    cl, cr = _comb_row(hl), _comb_row(hr)
     off = np.zeros((hl + hr + 1, hl + 2), dtype=np.uint64)
     for m in range(hl + hr + 1):
         acc, top = 0, min(hl, m)
@@ -74,23 +87,6 @@ def _small_tables(hl: int, hr: int) -> tuple[np.ndarray, np.ndarray]:
             if k <= top and m - k <= hr:
                 acc += cl[k] * cr[m - k]
     return off, np.array(cr, dtype=np.uint64)
-
-
-Rows = dict[tuple[int, int, int], np.ndarray]  # (h_L, h_R, m) -> off row, shared by calls
-
-
-def _off_row(hl: int, hr: int, m: int, rows: Rows) -> np.ndarray:
-    """``off(m, k)`` for ``k = 0..min(hl, m) + 1`` (the last is ``C(hl + hr, m)``), Python
-    integers; kept in ``rows``, which the layers of one file share (every ``G`` from 128 up
-    has nodes of 128, and so on)."""
-    row = rows.get((hl, hr, m))
-    if row is None:
-        lo, top = max(0, m - hr), min(hl, m)
-        row = np.zeros(top + 2, dtype=object)
-        ks = np.arange(lo, top + 1)
-        row[lo + 1 :] = np.cumsum(_comb_row(hl)[ks] * _comb_row(hr)[m - ks])
-        rows[(hl, hr, m)] = row
-    return row
 
 
 def _search_small(off: np.ndarray, m: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -123,83 +119,352 @@ def _pair_kinds(sizes: list[int]) -> list[tuple[int, int, np.ndarray]]:
     return [(sizes[0], hr, np.flatnonzero(np.array(right) == hr)) for hr in sorted(set(right))]
 
 
+# -- limbs: wide ranks as rows of little-endian uint64 words ---------------------------------------
+
+
+def limbs_for(bits: int) -> int:
+    """uint64 words that hold a number of ``bits`` bits (one at least)."""
+    return max(1, -(-bits // 64))
+
+
+def _widen(a: np.ndarray, width: int) -> np.ndarray:
+    """Rows of ``a`` (``(N, L)`` words, ``L <= width``) zero-extended to ``width`` words."""
+    if a.shape[1] == width:
+        return np.ascontiguousarray(a)
+    out = np.zeros((a.shape[0], width), dtype=np.uint64)
+    out[:, : a.shape[1]] = a
+    return out
+
+
+def _pack(a: np.ndarray, width: int) -> int:
+    """The rows of ``a`` as one integer, row ``i`` in the ``width``-word field ``i`` (Kronecker
+    packing: one big-integer operation then acts on every field, as long as none overflows)."""
+    return int.from_bytes(_widen(a, width).tobytes(), "little")
+
+
+def _unpack(x: int, n: int, width: int) -> np.ndarray:
+    """Inverse of ``_pack``: ``n`` fields of ``width`` words."""
+    return np.frombuffer(x.to_bytes(8 * n * width, "little"), dtype=np.uint64).reshape(n, width)
+
+
+def _shift_right(a: np.ndarray, s: int, width: int) -> np.ndarray:
+    """``a >> s`` per row, ``width`` words kept (numpy shifts of 64 or more give 0)."""
+    q, b = divmod(s, 64)
+    src = np.zeros((a.shape[0], width + 1), dtype=np.uint64)
+    part = a[:, q : q + width + 1]
+    src[:, : part.shape[1]] = part
+    b64 = np.uint64(b)
+    return (src[:, :width] >> b64) | (src[:, 1:] << np.uint64(64 - b)) if b else src[:, :width]
+
+
+def to_ints(a: np.ndarray) -> list[int]:
+    """Rows of words as Python integers."""
+    raw, step = np.ascontiguousarray(a).tobytes(), 8 * a.shape[1]
+    return [int.from_bytes(raw[i : i + step], "little") for i in range(0, len(raw), step)]
+
+
+def from_ints(vals: list[int], width: int) -> np.ndarray:
+    """Python integers below ``2**(64 * width)`` as rows of ``width`` words."""
+    raw = b"".join(v.to_bytes(8 * width, "little") for v in vals)
+    return np.frombuffer(raw, dtype=np.uint64).reshape(len(vals), width).copy()
+
+
+# -- rows of off ----------------------------------------------------------------------------------
+
+
+class _Row(NamedTuple):
+    """``off(m, k)`` for ``k = 0..min(h_L, m) + 1`` (0 below the smallest possible ``k``; the
+    last entry is ``C(h, m)``, above every rank), as integers, as words, and shifted right by
+    ``shift`` bits (63-bit prefixes)."""
+
+    ints: list[int]
+    words: np.ndarray
+    prefix: np.ndarray
+    shift: int
+
+
+Rows = dict[tuple[int, int, int], _Row]  # (h_L, h_R, m) -> row; the layers of one file share it
+
+
+def _row(hl: int, hr: int, m: int, rows: Rows) -> _Row:
+    row = rows.get((hl, hr, m))
+    if row is None:
+        cl, cr = _comb_row(hl), _comb_row(hr)
+        lo, top = max(0, m - hr), min(hl, m)
+        vals, acc = [0] * (lo + 1), 0
+        for k in range(lo, top + 1):
+            acc += cl[k] * cr[m - k]
+            vals.append(acc)
+        shift = max(0, vals[-1].bit_length() - 63)
+        prefix = np.array([v >> shift for v in vals], dtype=np.uint64)
+        row = rows[(hl, hr, m)] = _Row(vals, from_ints(vals, limbs_for(hl + hr)), prefix, shift)
+    return row
+
+
+def _offsets(hl: int, hr: int, m: np.ndarray, kl: np.ndarray, rows: Rows) -> np.ndarray:
+    """``off(m, k_L)`` of every node as ``limbs_for(hl + hr)`` words."""
+    ms, inv = np.unique(m, return_inverse=True)
+    held = [_row(hl, hr, mv, rows).words for mv in ms.tolist()]
+    base = np.cumsum([0] + [len(w) for w in held[:-1]])
+    return np.concatenate(held)[base[inv.reshape(-1)] + kl]
+
+
+def _runs(ordered: np.ndarray) -> list[tuple[int, int, int]]:
+    """``(value, start, end)`` of every run of equal entries of a sorted array."""
+    cuts = np.flatnonzero(np.diff(ordered)) + 1
+    starts, ends = [0, *cuts.tolist()], [*cuts.tolist(), len(ordered)]
+    return [(int(ordered[a]), a, b) for a, b in zip(starts, ends)] if len(ordered) else []
+
+
+# -- one level of the big nodes -------------------------------------------------------------------
+
+
+def _join(rl, rr, kl, kr, hl: int, hr: int, rows: Rows) -> np.ndarray:
+    """Ranks ``off(m, k_L) + r_L * C(h_R, k_R) + r_R`` of ``N`` pairs (words in, words out)."""
+    n, width = len(kl), limbs_for(hl + hr)
+    order = np.argsort(kr, kind="stable")
+    ordered, left = kr[order], _widen(rl[order], width)
+    comb, parts = _comb_row(hr), []
+    for k, a, b in _runs(ordered):  # every field stays below C(h, m) <= 2**h: no overflow
+        c = comb[k]
+        chunk = left[a:b]
+        parts.append(
+            chunk.tobytes()
+            if c == 1
+            else (_pack(chunk, width) * c).to_bytes(8 * width * (b - a), "little")
+        )
+    off = _offsets(hl, hr, kl + kr, kl, rows)[order]
+    total = int.from_bytes(b"".join(parts), "little") + _pack(rr[order], width)
+    out = np.empty((n, width), dtype=np.uint64)
+    out[order] = _unpack(total + _pack(off, width), n, width)
+    return out
+
+
+def _prefix(r: np.ndarray, shift: int) -> np.ndarray:
+    """``r >> shift`` of every row, where that is below ``2**63``."""
+    q, b = divmod(shift, 64)
+    p = r[:, q] >> np.uint64(b)
+    if b and q + 1 < r.shape[1]:
+        p |= r[:, q + 1] << np.uint64(64 - b)
+    return p
+
+
+def _search(r: np.ndarray, m: np.ndarray, hl: int, hr: int, rows: Rows) -> np.ndarray:
+    """Per node the largest ``k`` with ``off(m, k) <= r``: on prefixes, exactly where a node's
+    prefix equals the prefix of the entry found (only there can the entry exceed the rank)."""
+    kl = np.empty(len(m), dtype=np.int64)
+    order = np.argsort(m, kind="stable")
+    for mv, a, b in _runs(m[order]):
+        at, row = order[a:b], _row(hl, hr, mv, rows)
+        p = _prefix(r[at], row.shift)
+        k = np.searchsorted(row.prefix, p, side="right") - 1
+        tie = row.prefix[k] == p
+        if tie.any():
+            k[tie] = [bisect_right(row.ints, x) - 1 for x in to_ints(r[at[tie]])]
+        kl[at] = k
+    return kl
+
+
+def _divmod(a: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(a // c, a % c)`` of every row of words, ``c >= 2``."""
+    n, width = a.shape
+    bits = 64 * width  # every a < 2**bits
+    t = c.bit_length() - 1  # 2**t <= c
+    mu = (1 << bits) // c  # <= 2**(bits - t)
+    wide = limbs_for(2 * (bits - t) + 1)
+    est = _unpack(_pack(_shift_right(a, t, limbs_for(bits - t)), wide) * mu, n, wide)
+    q = _pack(_shift_right(est, bits - t, width), width)  # in [a // c - 2, a // c]
+    rem = _pack(a, width) - q * c if q else _pack(a, width)  # every field in [0, 3c)
+    g = c.bit_length() + 2  # 3c < 2**g, and g < 64 * width
+    lift = _pack(np.tile(from_ints([(1 << g) - c], width), (n, 1)), width)
+    one = from_ints([c], width)
+    for _ in range(2):
+        over = (_unpack(rem + lift, n, width)[:, g // 64] >> np.uint64(g % 64)) & np.uint64(1)
+        if not over.any():
+            break
+        rem -= _pack(over[:, None] * one, width)
+        q += _pack(over[:, None], width)
+    return _unpack(q, n, width), _unpack(rem, n, width)
+
+
+def _split(r: np.ndarray, m: np.ndarray, hl: int, hr: int, rows: Rows):
+    """Inverse of ``_join``: ``(r_L, r_R, k_L)`` of ``N`` nodes of ``m`` kept groups."""
+    n, width = r.shape
+    kl = _search(r, m, hl, hr, rows)
+    kr = m - kl
+    order = np.argsort(kr, kind="stable")
+    ordered = kr[order]
+    off = _offsets(hl, hr, m, kl, rows)[order]
+    rem = _unpack(_pack(r[order], width) - _pack(off, width), n, width)  # every field >= 0
+    wl, wr = limbs_for(hl), limbs_for(hr)
+    left, right = np.zeros((n, wl), dtype=np.uint64), np.zeros((n, wr), dtype=np.uint64)
+    comb = _comb_row(hr)
+    for k, a, b in _runs(ordered):
+        if comb[k] == 1:
+            left[a:b] = rem[a:b, :wl]
+            continue
+        q, rest = _divmod(rem[a:b], comb[k])
+        left[a:b], right[a:b] = q[:, :wl], rest[:, :wr]
+    rl, rr = np.empty_like(left), np.empty_like(right)
+    rl[order], rr[order] = left, right
+    return rl, rr, kl
+
+
+# -- whole trees, every layer at once -------------------------------------------------------------
+
+
+class _Tree:
+    """One job's level being built: ranks ``r (D, nodes, words)`` and kept counts ``k``."""
+
+    def __init__(self, g: int, r: np.ndarray, k: np.ndarray) -> None:
+        self.levels, self.r, self.k = _sizes(g), r, k
+
+
+def _gather(trees: list[_Tree], parts: list[tuple[int, np.ndarray]], side: int, words: int):
+    """Ranks and counts of the nodes ``2 * cols + side`` of every ``(tree, cols)`` in one flat
+    array (``side`` None: the nodes ``cols`` themselves)."""
+    idx = [(i, cols if side is None else 2 * cols + side) for i, cols in parts]
+    r = np.concatenate([trees[i].r[:, c, :words].reshape(-1, words) for i, c in idx])
+    k = np.concatenate([trees[i].k[:, c].reshape(-1) for i, c in idx])
+    return r, k
+
+
+def split_rank_words(keeps: list[np.ndarray], rows: Rows | None = None) -> list[np.ndarray]:
+    """The split rank of every row of each bool ``keep (D, G)`` (the same count kept on every
+    row of one array), as ``(D, limbs_for(G))`` words; the arrays' nodes of one level are joined
+    together."""
+    rows = {} if rows is None else rows
+    count, rank, _, _ = _leaf_tables()
+    trees = []
+    for keep in keeps:
+        d, g = keep.shape
+        padded = np.zeros((d, -(-g // LEAF) * LEAF), dtype=bool)
+        padded[:, :g] = keep
+        masks = np.packbits(padded, axis=1, bitorder="little").view("<u2")
+        trees.append(_Tree(g, rank[masks][..., None], count[masks]))
+    level = 0
+    while live := [i for i, t in enumerate(trees) if len(t.levels) - 1 > level]:
+        big: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
+        ups = {}
+        for i in live:
+            t, sizes = trees[i], trees[i].levels[level]
+            d, npair, odd = t.r.shape[0], len(sizes) // 2, len(sizes) % 2
+            up_r = np.zeros((d, npair + odd, limbs_for(2 * sizes[0])), dtype=np.uint64)
+            up_k = t.k[:, 0 : 2 * npair : 2] + t.k[:, 1 : 2 * npair : 2]
+            for hl, hr, cols in _pair_kinds(sizes):
+                if hl + hr > _SMALL:
+                    big.setdefault((hl, hr), []).append((i, cols))
+                    continue
+                off, comb = _small_tables(hl, hr)
+                rl, rr = t.r[:, 2 * cols, 0], t.r[:, 2 * cols + 1, 0]
+                kl, kr = t.k[:, 2 * cols], t.k[:, 2 * cols + 1]
+                up_r[:, cols, 0] = off[kl + kr, kl] + rl * comb[kr] + rr
+            if odd:
+                up_r[:, -1, : t.r.shape[2]] = t.r[:, -1]
+                up_k = np.concatenate([up_k, t.k[:, -1:]], axis=1)
+            ups[i] = (up_r, up_k)
+        for (hl, hr), parts in big.items():
+            rl, kl = _gather(trees, parts, 0, limbs_for(hl))
+            rr, kr = _gather(trees, parts, 1, limbs_for(hr))
+            joined, at = _join(rl, rr, kl, kr, hl, hr, rows), 0
+            for i, cols in parts:
+                up_r = ups[i][0]
+                size = up_r.shape[0] * len(cols)
+                up_r[:, cols, : joined.shape[1]] = joined[at : at + size].reshape(
+                    up_r.shape[0], len(cols), -1
+                )
+                at += size
+        for i in live:
+            trees[i].r, trees[i].k = ups[i]
+        level += 1
+    return [t.r[:, 0] for t in trees]
+
+
+def split_keep_words(
+    jobs: list[tuple[np.ndarray, int, int]], rows: Rows | None = None
+) -> list[np.ndarray]:
+    """Inverse of ``split_rank_words`` for ``(ranks as words (D, w), G, n)`` jobs whose ranks
+    are below ``C(G, n)``: bool ``(D, G)`` with ``n`` kept per row."""
+    rows = {} if rows is None else rows
+    trees = [
+        _Tree(g, _widen(words, limbs_for(g))[:, None, :], np.full((len(words), 1), n))
+        for words, g, n in jobs
+    ]
+    for level in range(max(len(t.levels) for t in trees) - 2, -1, -1) if trees else ():
+        big: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
+        downs = {}
+        for i, t in enumerate(trees):
+            if len(t.levels) - 1 <= level:
+                continue
+            sizes, d = t.levels[level], t.r.shape[0]
+            down_r = np.zeros((d, len(sizes), limbs_for(sizes[0])), dtype=np.uint64)
+            down_k = np.empty((d, len(sizes)), dtype=np.int64)
+            for hl, hr, cols in _pair_kinds(sizes):
+                if hl + hr > _SMALL:
+                    big.setdefault((hl, hr), []).append((i, cols))
+                    continue
+                off, comb = _small_tables(hl, hr)
+                rv, m = t.r[:, cols, 0], t.k[:, cols]
+                kl = _search_small(off, m, rv)
+                rem, div = rv - off[m, kl], comb[m - kl]
+                q = rem // div
+                down_r[:, 2 * cols, 0], down_r[:, 2 * cols + 1, 0] = q, rem - q * div
+                down_k[:, 2 * cols], down_k[:, 2 * cols + 1] = kl, m - kl
+            if len(sizes) % 2:
+                down_r[:, -1] = t.r[:, -1, : down_r.shape[2]]
+                down_k[:, -1] = t.k[:, -1]
+            downs[i] = (down_r, down_k)
+        for (hl, hr), parts in big.items():
+            r, m = _gather(trees, parts, None, limbs_for(hl + hr))
+            rl, rr, kl = _split(r, m, hl, hr, rows)
+            at = 0
+            for i, cols in parts:
+                down_r, down_k = downs[i]
+                d = down_r.shape[0]
+                part = slice(at, at + d * len(cols))
+                down_r[:, 2 * cols, : rl.shape[1]] = rl[part].reshape(d, len(cols), -1)
+                down_r[:, 2 * cols + 1, : rr.shape[1]] = rr[part].reshape(d, len(cols), -1)
+                down_k[:, 2 * cols] = kl[part].reshape(d, -1)
+                down_k[:, 2 * cols + 1] = m[part].reshape(d, -1) - down_k[:, 2 * cols]
+                at += d * len(cols)
+        for i, (down_r, down_k) in downs.items():
+            trees[i].r, trees[i].k = down_r, down_k
+    _, _, masks, start = _leaf_tables()
+    out = []
+    for t, (_, g, _) in zip(trees, jobs):
+        leaves = masks[start[t.k] + t.r[..., 0].astype(np.int64)]
+        keep = np.unpackbits(leaves.astype("<u2").view(np.uint8), axis=1, bitorder="little")
+        out.append(keep[:, :g].view(bool))
+    return out
+
+
+# -- positions and Python integers ----------------------------------------------------------------
+
+
+def keep_of(pos: np.ndarray, g: int) -> np.ndarray:
+    """Bool ``(D, g)`` from ascending positions ``(D, n)``."""
+    keep = np.zeros((pos.shape[0], g), dtype=bool)
+    np.put_along_axis(keep, pos, True, axis=1)
+    return keep
+
+
+def positions_of(keep: np.ndarray) -> np.ndarray:
+    """Inverse of ``keep_of`` (every row keeping as many)."""
+    d, g = keep.shape
+    flat = np.flatnonzero(keep)
+    return flat.reshape(d, -1) - g * np.arange(d)[:, None]
+
+
 def split_ranks(pos: np.ndarray, g: int, rows: Rows | None = None) -> list[int]:
     """The split rank of every row of ascending positions ``pos (D, n)`` among ``g`` groups."""
-    rows = {} if rows is None else rows
-    d = pos.shape[0]
-    if d == 0:
+    if pos.shape[0] == 0:
         return []
-    width = -(-g // LEAF) * LEAF
-    keep = np.zeros((d, width), dtype=bool)
-    keep.reshape(-1)[(pos + width * np.arange(d)[:, None]).reshape(-1)] = True
-    masks = np.packbits(keep, axis=1, bitorder="little").view("<u2")
-    count, rank, _, _ = _leaf_tables()
-    r, k = rank[masks], count[masks]
-    levels = _sizes(g)
-    for sizes in levels[:-1]:
-        npair = len(sizes) // 2
-        up_r = np.empty((d, npair), dtype=object if sizes[0] * 2 > _SMALL else np.uint64)
-        up_k = k[:, 0 : 2 * npair : 2] + k[:, 1 : 2 * npair : 2]
-        for hl, hr, cols in _pair_kinds(sizes):
-            rl, rr, kl, kr = r[:, 2 * cols], r[:, 2 * cols + 1], k[:, 2 * cols], k[:, 2 * cols + 1]
-            m = up_k[:, cols]
-            if hl + hr <= _SMALL:
-                off, comb = _small_tables(hl, hr)
-                up_r[:, cols] = off[m, kl] + rl * comb[kr] + rr
-                continue
-            ms, inv = np.unique(m, return_inverse=True)  # one row of off per distinct m
-            held = [_off_row(hl, hr, mv, rows) for mv in ms.tolist()]
-            base = np.cumsum([0] + [len(row) for row in held[:-1]])
-            offs = np.concatenate(held)[base[inv.reshape(m.shape)] + kl]
-            up_r[:, cols] = offs + rl.astype(object) * _comb_row(hr)[kr] + rr.astype(object)
-        if len(sizes) % 2:
-            up_r = np.concatenate([up_r, r[:, -1:].astype(up_r.dtype)], axis=1)
-            up_k = np.concatenate([up_k, k[:, -1:]], axis=1)
-        r, k = up_r, up_k
-    return [int(x) for x in r[:, 0]]
+    return to_ints(split_rank_words([keep_of(pos, g)], rows)[0])
 
 
 def split_positions(ranks: list[int], g: int, n: int, rows: Rows | None = None) -> np.ndarray:
     """Inverse of ``split_ranks`` for ranks below ``C(g, n)``: ``(D, n)`` ascending positions."""
-    rows = {} if rows is None else rows
-    d = len(ranks)
-    if d == 0 or n == 0:
-        return np.zeros((d, n), dtype=np.int64)
-    r = np.empty((d, 1), dtype=object)
-    r[:, 0] = ranks
-    k = np.full((d, 1), n, dtype=np.int64)
-    levels = _sizes(g)
-    for sizes in reversed(levels[:-1]):
-        if sizes[0] * 2 <= _SMALL and r.dtype == object:
-            r = r.astype(np.uint64)
-        down_r = np.empty((d, len(sizes)), dtype=r.dtype)
-        down_k = np.empty((d, len(sizes)), dtype=np.int64)
-        for hl, hr, cols in _pair_kinds(sizes):
-            rv, m = r[:, cols], k[:, cols]
-            if hl + hr <= _SMALL:
-                off, comb = _small_tables(hl, hr)
-                kl = _search_small(off, m, rv)
-                rem, div = rv - off[m, kl], comb[m - kl]
-            else:
-                flat_m, flat_r = m.reshape(-1), rv.reshape(-1)
-                order = np.argsort(flat_m, kind="stable")
-                ms, first = np.unique(flat_m[order], return_index=True)
-                kl, rem = np.empty(flat_m.size, dtype=np.int64), np.empty(flat_m.size, dtype=object)
-                for mv, a, b in zip(ms.tolist(), first.tolist(), [*first[1:].tolist(), None]):
-                    at = order[a:b]  # the nodes holding mv kept groups
-                    row = _off_row(hl, hr, mv, rows)
-                    kl[at] = np.searchsorted(row, flat_r[at], side="right") - 1
-                    rem[at] = flat_r[at] - row[kl[at]]
-                kl, rem = kl.reshape(m.shape), rem.reshape(m.shape)
-                div = _comb_row(hr)[m - kl]
-            q = rem // div
-            down_r[:, 2 * cols], down_r[:, 2 * cols + 1] = q, rem - q * div
-            down_k[:, 2 * cols], down_k[:, 2 * cols + 1] = kl, m - kl
-        if len(sizes) % 2:
-            down_r[:, -1], down_k[:, -1] = r[:, -1], k[:, -1]
-        r, k = down_r, down_k
-    _, _, masks, start = _leaf_tables()
-    leaves = masks[start[k] + r.astype(np.int64)]
-    keep = np.unpackbits(leaves.astype("<u2").view(np.uint8), axis=1, bitorder="little")
-    flat = np.flatnonzero(np.ascontiguousarray(keep[:, :g]).view(bool))
-    return flat.reshape(d, n) - g * np.arange(d)[:, None]
+    if not ranks or n == 0:
+        return np.zeros((len(ranks), n), dtype=np.int64)
+    words = from_ints(ranks, limbs_for(g))
+    return positions_of(split_keep_words([(words, g, n)], rows)[0])
