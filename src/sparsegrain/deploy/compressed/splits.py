@@ -41,7 +41,6 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from functools import cache
-from typing import NamedTuple
 
 import numpy as np
 
@@ -172,15 +171,78 @@ def from_ints(vals: list[int], width: int) -> np.ndarray:
 # -- rows of off ----------------------------------------------------------------------------------
 
 
-class _Row(NamedTuple):
-    """``off(m, k)`` for ``k = 0..min(h_L, m) + 1`` (0 below the smallest possible ``k``; the
-    last entry is ``C(h, m)``, above every rank), as integers, as words, and shifted right by
-    ``shift`` bits (63-bit prefixes)."""
+class _Row:
+    """A window ``[k0, k1]`` of ``off(m, k)`` (``k`` from ``lo = max(0, m - h_R)`` to
+    ``top + 1`` with ``top = min(h_L, m)``; ``off(m, lo) = 0``, ``off(m, top + 1) = C(h, m)``),
+    as integers, as words and as prefixes shifted right by ``shift`` bits (below ``2**63``).
 
-    ints: list[int]
-    words: np.ndarray
-    prefix: np.ndarray
-    shift: int
+    The window grows from an anchor by one term ``C(h_L, j) C(h_R, m - j)`` per entry. For
+    ``h_L = h_R`` the terms are symmetric in ``j <-> m - j``, so the anchor is the middle:
+    ``off(m, m / 2) = (C(h, m) - C(h_L, m / 2)**2) / 2`` for even ``m``,
+    ``off(m, (m + 1) / 2) = C(h, m) / 2`` for odd; the ``k_L`` of real nodes lie a few standard
+    deviations of the hypergeometric law around it, so few entries are ever built. Otherwise
+    (the last pair of a level) the anchor is ``off(m, lo) = 0``.
+    """
+
+    def __init__(self, hl: int, hr: int, m: int) -> None:
+        self.hl, self.hr, self.m = hl, hr, m
+        self.lo, self.top = max(0, m - hr), min(hl, m)
+        total = math.comb(hl + hr, m)
+        self.shift, self.width = max(0, total.bit_length() - 63), limbs_for(hl + hr)
+        if hl == hr:
+            self.k0 = (m + 1) // 2
+            self.ints = [(total - self._term(m // 2)) // 2 if m % 2 == 0 else total // 2]
+        else:
+            self.k0, self.ints = self.lo, [0]
+        self._words: np.ndarray | None = None
+        self._prefix: np.ndarray | None = None
+
+    def _term(self, j: int) -> int:
+        return _comb_row(self.hl)[j] * _comb_row(self.hr)[self.m - j]
+
+    @property
+    def k1(self) -> int:
+        return self.k0 + len(self.ints) - 1
+
+    def cover(self, a: int, b: int) -> None:
+        """Grow the window to hold every ``k`` in ``[a, b]`` (within ``[lo, top + 1]``)."""
+        a, b = max(a, self.lo), min(b, self.top + 1)
+        if a < self.k0:
+            below, v = [], self.ints[0]
+            for k in range(self.k0 - 1, a - 1, -1):
+                v -= self._term(k)
+                below.append(v)
+            self.ints[:0], self.k0 = below[::-1], a
+        if b > self.k1:
+            v = self.ints[-1]
+            for k in range(self.k1, b):
+                v += self._term(k)
+                self.ints.append(v)
+
+    @property
+    def words(self) -> np.ndarray:
+        if self._words is None or len(self._words) != len(self.ints):
+            self._words = from_ints(self.ints, self.width)
+        return self._words
+
+    @property
+    def prefix(self) -> np.ndarray:
+        if self._prefix is None or len(self._prefix) != len(self.ints):
+            self._prefix = np.array([v >> self.shift for v in self.ints], dtype=np.uint64)
+        return self._prefix
+
+    def cover_ranks(self, low: int, high: int) -> None:
+        """Grow the window until every rank with a prefix in ``[low, high]`` has its ``k_L``
+        inside: ``prefix[0] < low`` (or ``k0 = lo``) and ``prefix[-1] > high`` (or
+        ``k1 = top + 1``)."""
+        step = 8
+        while self.k0 > self.lo and int(self.prefix[0]) >= low:
+            self.cover(self.k0 - step, self.k1)
+            step *= 2
+        step = 8
+        while self.k1 <= self.top and int(self.prefix[-1]) <= high:
+            self.cover(self.k0, self.k1 + step)
+            step *= 2
 
 
 Rows = dict[tuple[int, int, int], _Row]  # (h_L, h_R, m) -> row; the layers of one file share it
@@ -189,24 +251,26 @@ Rows = dict[tuple[int, int, int], _Row]  # (h_L, h_R, m) -> row; the layers of o
 def _row(hl: int, hr: int, m: int, rows: Rows) -> _Row:
     row = rows.get((hl, hr, m))
     if row is None:
-        cl, cr = _comb_row(hl), _comb_row(hr)
-        lo, top = max(0, m - hr), min(hl, m)
-        vals, acc = [0] * (lo + 1), 0
-        for k in range(lo, top + 1):
-            acc += cl[k] * cr[m - k]
-            vals.append(acc)
-        shift = max(0, vals[-1].bit_length() - 63)
-        prefix = np.array([v >> shift for v in vals], dtype=np.uint64)
-        row = rows[(hl, hr, m)] = _Row(vals, from_ints(vals, limbs_for(hl + hr)), prefix, shift)
+        row = rows[(hl, hr, m)] = _Row(hl, hr, m)
     return row
 
 
 def _offsets(hl: int, hr: int, m: np.ndarray, kl: np.ndarray, rows: Rows) -> np.ndarray:
     """``off(m, k_L)`` of every node as ``limbs_for(hl + hr)`` words."""
-    ms, inv = np.unique(m, return_inverse=True)
-    held = [_row(hl, hr, mv, rows).words for mv in ms.tolist()]
-    base = np.cumsum([0] + [len(w) for w in held[:-1]])
-    return np.concatenate(held)[base[inv.reshape(-1)] + kl]
+    out = np.empty((len(m), limbs_for(hl + hr)), dtype=np.uint64)
+    order = _order(m)
+    for mv, a, b in _runs(m[order]):
+        at = order[a:b]
+        ks, row = kl[at], _row(hl, hr, mv, rows)
+        row.cover(int(ks.min()), int(ks.max()))
+        out[at] = row.words[ks - row.k0]
+    return out
+
+
+def _order(keys: np.ndarray) -> np.ndarray:
+    """A stable sorting order of non-negative counts (a radix sort where they fit uint16)."""
+    small = keys.size == 0 or int(keys.max()) < 1 << 16
+    return np.argsort(keys.astype(np.uint16) if small else keys, kind="stable")
 
 
 def _runs(ordered: np.ndarray) -> list[tuple[int, int, int]]:
@@ -222,7 +286,7 @@ def _runs(ordered: np.ndarray) -> list[tuple[int, int, int]]:
 def _join(rl, rr, kl, kr, hl: int, hr: int, rows: Rows) -> np.ndarray:
     """Ranks ``off(m, k_L) + r_L * C(h_R, k_R) + r_R`` of ``N`` pairs (words in, words out)."""
     n, width = len(kl), limbs_for(hl + hr)
-    order = np.argsort(kr, kind="stable")
+    order = _order(kr)
     ordered, left = kr[order], _widen(rl[order], width)
     comb, parts = _comb_row(hr), []
     for k, a, b in _runs(ordered):  # every field stays below C(h, m) <= 2**h: no overflow
@@ -253,38 +317,46 @@ def _search(r: np.ndarray, m: np.ndarray, hl: int, hr: int, rows: Rows) -> np.nd
     """Per node the largest ``k`` with ``off(m, k) <= r``: on prefixes, exactly where a node's
     prefix equals the prefix of the entry found (only there can the entry exceed the rank)."""
     kl = np.empty(len(m), dtype=np.int64)
-    order = np.argsort(m, kind="stable")
+    order = _order(m)
     for mv, a, b in _runs(m[order]):
         at, row = order[a:b], _row(hl, hr, mv, rows)
         p = _prefix(r[at], row.shift)
+        row.cover_ranks(int(p.min()), int(p.max()))
         k = np.searchsorted(row.prefix, p, side="right") - 1
         tie = row.prefix[k] == p
         if tie.any():
             k[tie] = [bisect_right(row.ints, x) - 1 for x in to_ints(r[at[tie]])]
-        kl[at] = k
+        kl[at] = k + row.k0
     return kl
 
 
 def _divmod(a: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(a // c, a % c)`` of every row of words, ``c >= 2``."""
+    """``(a // c, a % c)`` of every row of words, ``c >= 2``.
+
+    With ``N = 64 * width`` (every ``a < 2**N``) and ``mu = floor(2**N / c)``,
+    ``a * mu / 2**N > a / c - 1``, so ``(a * mu) >> N`` (the words above ``N`` of each product
+    field) is ``a // c`` or one less; one packed comparison corrects it."""
     n, width = a.shape
-    bits = 64 * width  # every a < 2**bits
-    t = c.bit_length() - 1  # 2**t <= c
-    mu = (1 << bits) // c  # <= 2**(bits - t)
-    wide = limbs_for(2 * (bits - t) + 1)
-    est = _unpack(_pack(_shift_right(a, t, limbs_for(bits - t)), wide) * mu, n, wide)
-    q = _pack(_shift_right(est, bits - t, width), width)  # in [a // c - 2, a // c]
-    rem = _pack(a, width) - q * c if q else _pack(a, width)  # every field in [0, 3c)
-    g = c.bit_length() + 2  # 3c < 2**g, and g < 64 * width
-    lift = _pack(np.tile(from_ints([(1 << g) - c], width), (n, 1)), width)
-    one = from_ints([c], width)
-    for _ in range(2):
-        over = (_unpack(rem + lift, n, width)[:, g // 64] >> np.uint64(g % 64)) & np.uint64(1)
-        if not over.any():
+    mu = (1 << 64 * width) // c  # below 2**(N - t) with 2**t <= c
+    wide = width + limbs_for(64 * width - c.bit_length() + 2)  # a * mu < 2**(64 * wide)
+    q = _unpack(_pack(a, wide) * mu, n, wide)[:, width : 2 * width]
+    rem = _pack(a, width) - _pack(q, width) * c  # every field in [0, 2c)
+    g = c.bit_length() + 1  # 2c < 2**g <= 2**(64 * width - 1)
+    lift = int.from_bytes(((1 << g) - c).to_bytes(8 * width, "little") * n, "little")
+    low, high = _unpack(rem, n, width), _unpack(rem + lift, n, width).copy()
+    over = ((high[:, g // 64] >> np.uint64(g % 64)) & np.uint64(1)).astype(bool)
+    if not over.any():
+        return q, low
+    high[:, g // 64] &= ~np.uint64(1 << (g % 64))  # rem + 2**g - c with bit g cleared: rem - c
+    out = np.where(over[:, None], high, low)
+    q = q.copy()
+    carry = over
+    for j in range(width):  # q += over, carrying
+        q[:, j] += carry
+        carry = carry & (q[:, j] == 0)
+        if not carry.any():
             break
-        rem -= _pack(over[:, None] * one, width)
-        q += _pack(over[:, None], width)
-    return _unpack(q, n, width), _unpack(rem, n, width)
+    return q, out
 
 
 def _split(r: np.ndarray, m: np.ndarray, hl: int, hr: int, rows: Rows):
@@ -292,7 +364,7 @@ def _split(r: np.ndarray, m: np.ndarray, hl: int, hr: int, rows: Rows):
     n, width = r.shape
     kl = _search(r, m, hl, hr, rows)
     kr = m - kl
-    order = np.argsort(kr, kind="stable")
+    order = _order(kr)
     ordered = kr[order]
     off = _offsets(hl, hr, m, kl, rows)[order]
     rem = _unpack(_pack(r[order], width) - _pack(off, width), n, width)  # every field >= 0
