@@ -52,6 +52,7 @@ from .bits import (
     value_codes,
 )
 from .ranks import VERSION, read_ranks_many, write_ranks_many
+from .splits import keep_of, positions_of
 
 Levels = list[tuple[int, int, int]]  # (D, G, n) per quota level
 
@@ -69,9 +70,10 @@ def _pick(kept: np.ndarray, n: int) -> np.ndarray:
 
 
 def _quota_select(values: np.ndarray, occ4: np.ndarray, st: Structure):
-    """Levels ``[(D, G, n)]`` of ``st.quota_levels``, each level's ``(D, n)`` positions, and the
-    ``(D*n, E)`` weights of the last level's selected groups (domain by domain, positions
-    ascending), from numpy ``(K, C, R, S)`` weights and occupancy."""
+    """Levels ``[(D, G, n)]`` of ``st.quota_levels``, each level's bool ``(D, G)`` selection
+    (``n`` groups per domain), and the ``(D*n, E)`` weights of the last level's selected groups
+    (domain by domain, positions ascending), from numpy ``(K, C, R, S)`` weights and
+    occupancy."""
     shape4 = tuple(occ4.shape)
     levels: Levels = []
     sel: list[np.ndarray] = []
@@ -85,9 +87,10 @@ def _quota_select(values: np.ndarray, occ4: np.ndarray, st: Structure):
         kept = any_last(occ_v)
         (d, g), e = kept.shape, occ_v.shape[-1]
         n = int(np.count_nonzero(kept, axis=1).max()) if kept.size else 0
-        flat = np.flatnonzero(_pick(kept, n))  # domain by domain, positions ascending
+        picked = _pick(kept, n)
+        flat = np.flatnonzero(picked)  # domain by domain, positions ascending
         levels.append((d, g, n))
-        sel.append(flat.reshape(d, n) - (np.arange(d) * g)[:, None])
+        sel.append(picked)
         val_v = np.take(val_v.reshape(d * g, e), flat, axis=0)  # (D*n, E)
         if len(levels) < len(st.quota_levels):
             occ_v = np.take(occ_v.reshape(d * g, e), flat, axis=0)
@@ -127,11 +130,11 @@ def _write_quota(
     (nothing follows them in the section)."""
     levels, sel, vals = _quota_select(values, values != 0, st)
     wr.write(codes_of(vals, v), v)
-    for (_, g, n), pos in zip(levels, sel):
+    for (_, g, n), picked in zip(levels, sel):
         if encoding == "quota":
-            wr.write(pos, ceil_log2(g))
+            wr.write(positions_of(picked), ceil_log2(g))
         else:
-            jobs.append((wr, pos, g, n))
+            jobs.append((wr, picked, g, n))
     return {"levels": [list(lv) for lv in levels]}
 
 
@@ -216,26 +219,26 @@ def _quota_positions(rd: BitReader, d: int, g: int, n: int) -> np.ndarray:
 
 def _decode_quota(rd: BitReader, st: Structure, shape4, encoding: str, counts, v: int, jobs):
     """Reads the values and, for quota, the positions; quota-rank adds its rank fields to
-    ``jobs`` (for ``read_ranks_many``). Returns ``finish(positions of every job)``: the codes as
-    uint32 / uint16 in ``(K, C, R, S)``."""
+    ``jobs`` (for ``read_ranks_many``). Returns ``finish(bool selections of every job)``: the
+    codes as uint32 / uint16 in ``(K, C, R, S)``."""
     levels = [tuple(int(x) for x in lv) for lv in counts["levels"]]
     _check_levels(levels, st, shape4)  # type: ignore[arg-type]
     widths = [level.layout(shape4)[2] for level in st.quota_levels]  # E per level
     d_last, _, n_last = levels[-1]
     inner = rd.read_codes(d_last * n_last * widths[-1], v)
     if encoding == "quota":
-        sel = [_quota_positions(rd, d, g, n) for d, g, n in levels]
+        sel = [keep_of(_quota_positions(rd, d, g, n), g) for d, g, n in levels]
     else:
         first = len(jobs)
         jobs.extend((rd, d, g, n) for d, g, n in levels)
 
-    def finish(positions: list[Tensor]) -> Tensor:
+    def finish(kept: list[np.ndarray]) -> Tensor:
         nonlocal inner
-        picked = sel if encoding == "quota" else positions[first : first + len(levels)]
+        picked = sel if encoding == "quota" else kept[first : first + len(levels)]
         # Innermost level first: each scatters its values into the groups the level above kept.
-        for (d, g, _), pos, e in reversed(list(zip(levels, picked, widths))):
+        for (d, g, _), pick, e in reversed(list(zip(levels, picked, widths))):
             view = np.zeros((d * g, e), dtype=inner.dtype)
-            view[(np.asarray(pos) + (np.arange(d) * g)[:, None]).reshape(-1)] = inner.reshape(-1, e)
+            view[np.flatnonzero(pick)] = inner.reshape(-1, e)  # faster than a bool index
             inner = view.reshape(d, g, e)
         return st.quota_levels[0].from_group_view(torch.from_numpy(inner), shape4)
 
@@ -265,7 +268,7 @@ Section = tuple  # (data, shape, structure, encoding, counts, dtype, nbits): dec
 
 
 def _decode(section: Section, bits: BitWidths, jobs: list):
-    """Starts decoding one section; returns ``finish(positions of every rank job)``."""
+    """Starts decoding one section; returns ``finish(selections of every rank job)``."""
     data, shape, structure, encoding, counts, dtype, nbits = section
     st, shape4 = parse_structure(structure), shape_4d(shape)
     reason = st.fits(shape)
@@ -275,8 +278,8 @@ def _decode(section: Section, bits: BitWidths, jobs: list):
     if encoding in ("quota", "quota-rank") and st.balanced:
         codes_of_section = _decode_quota(rd, st, shape4, encoding, counts, v, jobs)
 
-        def finish(positions: list[Tensor]) -> Tensor:
-            codes = codes_of_section(positions)
+        def finish(kept: list[np.ndarray]) -> Tensor:
+            codes = codes_of_section(kept)
             _check_end(rd, nbits)
             return _from_value_codes(codes, v, dtype).reshape(tuple(shape))
 
@@ -297,7 +300,7 @@ def _decode(section: Section, bits: BitWidths, jobs: list):
         raise ValueError(f"unknown encoding {encoding!r} for structure {st.spec}")
     _check_end(rd, nbits)
     out = from_codes(codes.reshape(-1), v, dtype).reshape(tuple(shape))
-    return lambda positions: out
+    return lambda kept: out
 
 
 def decode_layers(
@@ -308,8 +311,8 @@ def decode_layers(
     bits = check_bits(bits or BitWidths())
     jobs: list = []
     finish = [_decode(section, bits, jobs) for section in sections]
-    positions = read_ranks_many(jobs, version)
-    return [f(positions) for f in finish]
+    kept = read_ranks_many(jobs, version, keep=True)
+    return [f(kept) for f in finish]
 
 
 def decode_layer(
