@@ -283,6 +283,66 @@ def _runs(ordered: np.ndarray) -> list[tuple[int, int, int]]:
 # -- one level of the big nodes -------------------------------------------------------------------
 
 
+# Pairs of at most 128 groups whose left node has at most 64: one-word children, two-word ranks,
+# in numpy with 32-bit halves and no classes.
+_M32 = np.uint64(0xFFFFFFFF)
+_S32 = np.uint64(32)
+
+
+def _mul64(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``a * b`` of uint64 arrays as (low word, high word)."""
+    a0, a1, b0, b1 = a & _M32, a >> _S32, b & _M32, b >> _S32
+    p00, p01, p10 = a0 * b0, a0 * b1, a1 * b0
+    mid = (p00 >> _S32) + (p01 & _M32) + (p10 & _M32)
+    return (p00 & _M32) | (mid << _S32), a1 * b1 + (p01 >> _S32) + (p10 >> _S32) + (mid >> _S32)
+
+
+def _add128(lo, hi, lo2, hi2) -> tuple[np.ndarray, np.ndarray]:
+    low = lo + lo2
+    return low, hi + hi2 + (low < lo)
+
+
+def _sub128(lo, hi, lo2, hi2) -> tuple[np.ndarray, np.ndarray]:
+    return lo - lo2, hi - hi2 - (lo < lo2)
+
+
+def _to_float(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """A two-word two's-complement number as float64 (relative error below ``2**-52``; the low
+    word is taken signed, so a number that fits one word has no cancellation)."""
+    top = hi.view(np.int64) + (lo >> np.uint64(63)).view(np.int64)
+    return top.astype(np.float64) * 2.0**64 + lo.view(np.int64).astype(np.float64)
+
+
+def _join2(rl, rr, kl, kr, hl: int, hr: int, rows: Rows) -> np.ndarray:
+    lo, hi = _mul64(rl[:, 0], np.array(_comb_row(hr), dtype=np.uint64)[kr])
+    lo, hi = _add128(lo, hi, rr[:, 0], np.zeros_like(hi))
+    off = _offsets(hl, hr, kl + kr, kl, rows)
+    lo, hi = _add128(lo, hi, off[:, 0], off[:, 1])
+    return np.stack([lo, hi], axis=1)
+
+
+def _split2(r: np.ndarray, m: np.ndarray, hl: int, hr: int, rows: Rows):
+    """``_split`` for ``_join2``'s pairs: ``q = rem // c`` from a float64 estimate, refined by
+    the float quotient of the exact remainder (then within two of ``q``) and corrected."""
+    kl = _search(r, m, hl, hr, rows)
+    off = _offsets(hl, hr, m, kl, rows)
+    lo, hi = _sub128(r[:, 0], r[:, 1], off[:, 0], off[:, 1])  # below C(h_L, k_L) * c < 2**122
+    c = np.array(_comb_row(hr), dtype=np.uint64)[m - kl]  # below 2**61
+    cf = c.astype(np.float64)
+    q = np.floor(_to_float(lo, hi) / cf).astype(np.int64)  # off by at most 2**9
+    for _ in range(2):  # the second pass leaves |rem - q c| < 2c
+        plo, phi = _mul64(q.view(np.uint64), c)
+        q += np.floor(_to_float(*_sub128(lo, hi, plo, phi)) / cf).astype(np.int64)
+    plo, phi = _mul64(q.view(np.uint64), c)
+    rest = _sub128(lo, hi, plo, phi)[0].view(np.int64)  # exact: |rest| < 2**63
+    ci = c.view(np.int64)
+    for _ in range(3):
+        low, high = rest < 0, rest >= ci
+        q += high.astype(np.int64) - low
+        rest += np.where(low, ci, 0) - np.where(high, ci, 0)
+    return q.view(np.uint64)[:, None], rest.view(np.uint64)[:, None], kl
+
+
 def _join(rl, rr, kl, kr, hl: int, hr: int, rows: Rows) -> np.ndarray:
     """Ranks ``off(m, k_L) + r_L * C(h_R, k_R) + r_R`` of ``N`` pairs (words in, words out)."""
     n, width = len(kl), limbs_for(hl + hr)
@@ -438,7 +498,8 @@ def split_rank_words(keeps: list[np.ndarray], rows: Rows | None = None) -> list[
         for (hl, hr), parts in big.items():
             rl, kl = _gather(trees, parts, 0, limbs_for(hl))
             rr, kr = _gather(trees, parts, 1, limbs_for(hr))
-            joined, at = _join(rl, rr, kl, kr, hl, hr, rows), 0
+            join = _join2 if hl <= _SMALL and hl + hr <= 2 * _SMALL else _join
+            joined, at = join(rl, rr, kl, kr, hl, hr, rows), 0
             for i, cols in parts:
                 up_r = ups[i][0]
                 size = up_r.shape[0] * len(cols)
@@ -488,7 +549,8 @@ def split_keep_words(
             downs[i] = (down_r, down_k)
         for (hl, hr), parts in big.items():
             r, m = _gather(trees, parts, None, limbs_for(hl + hr))
-            rl, rr, kl = _split(r, m, hl, hr, rows)
+            split = _split2 if hl <= _SMALL and hl + hr <= 2 * _SMALL else _split
+            rl, rr, kl = split(r, m, hl, hr, rows)
             at = 0
             for i, cols in parts:
                 down_r, down_k = downs[i]
