@@ -38,7 +38,7 @@ from ...core.errors import ConfigError, unknown_name
 from ...core.io import atomic_write
 from ...structures import Structure, parse_structure
 from .bits import check_bits
-from .encodings import decode_layers, encode_layers
+from .encodings import decode_layers, encode_layers, map_layers
 from .ranks import VERSION, VERSIONS, check_version
 
 MAGIC = b"\x89SGC\r\n\x1a\n"
@@ -130,14 +130,17 @@ def write_compressed(
     check_version(version)
     sd = _state_dict(model_or_state_dict)
     sparse = _sparse_keys(sd, structures)
-    plan: dict[str, tuple[str, Structure, str, int]] = {}  # key -> layer, structure, best, bits
-    for key, (layer, spec) in sparse.items():
+
+    def choose(key: str) -> tuple[str, Structure, str, int]:
+        layer, spec = sparse[key]
         st = parse_structure(spec)
         try:
             best, cost = best_encoding(sd[key], st, bits)  # layer_storage's "best", no bound
         except ValueError as e:
             raise ValueError(f"layer '{layer}': {e}") from None
-        plan[key] = (layer, st, best, cost.total)
+        return layer, st, best, cost.total
+
+    plan = dict(zip(sparse, map_layers(choose, list(sparse))))  # key -> layer, st, best, bits
     layers = [(sd[key], st, best) for key, (_, st, best, _) in plan.items()]
     encoded = dict(zip(plan, encode_layers(layers, bits, version)))  # (G, n) shared: together
     entries, sections, rows, offset, raw_bits, crc = [], [], [], 0, 0, 0

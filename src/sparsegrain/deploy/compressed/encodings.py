@@ -29,7 +29,9 @@ weight was multiplied by a 0 mask). Every other value comes back with its exact 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -55,6 +57,16 @@ from .ranks import VERSION, read_ranks_many, write_ranks_many
 from .splits import keep_of, positions_of
 
 Levels = list[tuple[int, int, int]]  # (D, G, n) per quota level
+
+
+def map_layers(fn: Callable, items: Sequence) -> list:
+    """``[fn(x) for x in items]`` on a few threads: a layer's work is numpy passes over its
+    weights, which run without the interpreter lock."""
+    workers = min(len(items), os.cpu_count() or 1, 4)
+    if workers < 2:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
 
 
 # -- writing --------------------------------------------------------------------------------------
@@ -177,9 +189,9 @@ def encode_layers(
     """``encode_layer`` of every ``(weight, structure, encoding)``, the same sections; the wide
     quota-rank ranks of layers that share ``(G, n)`` are computed together."""
     bits = check_bits(bits or BitWidths())
-    jobs: list = []
-    parts = [_encode(w, structure, encoding, bits, jobs) for w, structure, encoding in layers]
-    write_ranks_many(jobs, version)
+    per_layer: list[list] = [[] for _ in layers]  # rank jobs, in layer order
+    parts = map_layers(lambda i: _encode(*layers[i], bits, per_layer[i]), range(len(layers)))
+    write_ranks_many([job for jobs in per_layer for job in jobs], version)
     return [{"data": wr.getvalue(), "bits": wr.nbits, "counts": counts} for wr, counts in parts]
 
 
@@ -312,7 +324,7 @@ def decode_layers(
     jobs: list = []
     finish = [_decode(section, bits, jobs) for section in sections]
     kept = read_ranks_many(jobs, version, keep=True)
-    return [f(kept) for f in finish]
+    return map_layers(lambda f: f(kept), finish)
 
 
 def decode_layer(
