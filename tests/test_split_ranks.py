@@ -26,9 +26,19 @@ from sparsegrain.deploy.compressed import (
     decode_layer,
     encode_layer,
     read_compressed,
+    splits,
     write_compressed,
 )
-from sparsegrain.deploy.compressed.splits import split_positions, split_ranks
+from sparsegrain.deploy.compressed.bits import BitWriter
+from sparsegrain.deploy.compressed.splits import (
+    from_ints,
+    split_keep_words,
+    split_positions,
+    split_rank_words,
+    split_ranks,
+    to_ints,
+    words_for,
+)
 from sparsegrain.structures import parse_structure
 
 DATA = Path(__file__).parent / "data"
@@ -89,6 +99,130 @@ def test_any_subset_round_trips(case):
     (rank,) = split_ranks(pos, g)
     assert 0 <= rank < math.comb(g, len(kept)) and rank == reference_rank(kept, g)
     assert np.array_equal(split_positions([rank], g, len(kept)), pos)
+
+
+def _off(hl: int, hr: int, m: int, k: int) -> int:
+    return sum(math.comb(hl, j) * math.comb(hr, m - j) for j in range(k))
+
+
+@pytest.mark.parametrize("hl,hr", [(64, 64), (64, 1), (96, 96), (128, 5), (512, 512)])
+def test_windows_of_off_rows_are_the_sums(hl, hr):
+    rows: dict = {}
+    for m in sorted({0, 1, hr, hl, (hl + hr) // 2, (hl + hr) // 2 + 1, hl + hr - 1, hl + hr}):
+        row = splits._row(hl, hr, m, rows)
+        lo, top = max(0, m - hr), min(hl, m)
+        row.cover(lo, top + 1)
+        assert (row.k0, row.k1) == (lo, top + 1)
+        assert row.ints == [_off(hl, hr, m, k) for k in range(lo, top + 2)]
+        assert row.ints[-1] == math.comb(hl + hr, m)
+        assert to_ints(row.words) == row.ints
+        assert row.prefix.tolist() == [v >> row.shift for v in row.ints]
+        assert int(row.prefix[-1]) < 2**63
+
+
+def test_a_window_grows_until_it_holds_every_rank():
+    hl = hr = 256
+    total = math.comb(512, 256)
+    for low_rank, high_rank in [
+        (0, 0),
+        (total - 1, total - 1),
+        (0, total - 1),
+        (total // 3, total // 2),
+    ]:
+        row = splits._Row(hl, hr, 256)
+        row.cover_ranks(low_rank >> row.shift, high_rank >> row.shift)
+        assert row.k0 == 0 or row.ints[0] < low_rank
+        assert row.k1 == 257 or row.ints[-1] > high_rank
+
+
+@pytest.mark.parametrize("g,n", [(128, 64), (256, 128), (300, 7), (1024, 512)])
+def test_boundary_ranks_read_back(g, n):
+    # Ranks on the boundaries of the root's blocks (off(n, k) and one below) and the two ends:
+    # prefixes tie with a row entry, so the exact comparison decides.
+    sizes = splits._sizes(g)[-2]
+    hl, hr = sizes[0], sum(sizes[1:])
+    lo, top = max(0, n - hr), min(hl, n)
+    ranks = {0, 1, math.comb(g, n) - 1, math.comb(g, n) // 2}
+    for k in range(lo + 1, top + 1):
+        ranks |= {_off(hl, hr, n, k), _off(hl, hr, n, k) - 1}
+    ranks = sorted(ranks)
+    pos = split_positions(ranks, g, n)
+    assert pos.shape == (len(ranks), n) and (np.diff(pos, axis=1) > 0).all()
+    assert split_ranks(pos, g) == ranks
+    assert [reference_rank(row, g) for row in pos[:: max(1, len(pos) // 8)]] == ranks[
+        :: max(1, len(pos) // 8)
+    ]
+
+
+def test_layers_of_several_sizes_rank_together_as_one_by_one():
+    rng = np.random.default_rng(8)
+    specs = [(1024, 512), (128, 64), (2048, 1024), (300, 150), (128, 20), (70, 35)]
+    keeps = [splits.keep_of(stretched_subsets(g, n, rng), g) for g, n in specs]
+    together = split_rank_words(keeps)
+    for keep, words in zip(keeps, together):
+        assert np.array_equal(words, split_rank_words([keep])[0])
+    back = split_keep_words([(w, g, n) for w, (g, n) in zip(together, specs)])
+    assert all(np.array_equal(a, b) for a, b in zip(back, keeps))
+
+
+@pytest.mark.parametrize("words", [1, 2, 5, 16])
+def test_divmod_of_words_is_exact(words):
+    rng = np.random.default_rng(words)
+    bits = 64 * words
+    for c in [2, 3, 7, 2**31, 2**32 + 1, 2**61 - 1, 3**40, 2 ** (bits // 2) + 12345]:
+        if c.bit_length() + 3 > bits:
+            continue
+        vals = [0, 1, c - 1, c, 2 * c - 1, 2**bits - 1, (2**bits - 1) // c * c]
+        vals += [int.from_bytes(rng.bytes(8 * words), "little") for _ in range(40)]
+        q, r = splits._divmod(from_ints(vals, words), c)
+        assert to_ints(q) == [v // c for v in vals] and to_ints(r) == [v % c for v in vals]
+
+
+@pytest.mark.parametrize("hr", [64, 1, 6, 40])
+def test_two_word_pairs_equal_the_general_path(hr):
+    # Pairs of one-word nodes (h_L = 64) are joined and split in numpy with 32-bit halves; the
+    # general path (packed Python integers) must agree on every m.
+    rng = np.random.default_rng(hr)
+    kl = rng.integers(0, 65, 4000)
+    kr = rng.integers(0, hr + 1, 4000)
+    kl[:65], kr[:65] = np.arange(65), np.minimum(np.arange(65), hr)  # every k_L once
+    rl = np.array([int(rng.integers(0, math.comb(64, k))) for k in kl], dtype=np.uint64)
+    rr = np.array([int(rng.integers(0, math.comb(hr, k))) for k in kr], dtype=np.uint64)
+    rl[:65] = [math.comb(64, k) - 1 for k in kl[:65]]  # the largest ranks
+    rows: dict = {}
+    one = splits._join2(rl[:, None], rr[:, None], kl, kr, 64, hr, rows)
+    assert np.array_equal(one, splits._join(rl[:, None], rr[:, None], kl, kr, 64, hr, rows))
+    m = kl + kr
+    want = [
+        _off(64, hr, mv, k) + int(a) * math.comb(hr, b) + int(c)
+        for mv, k, a, b, c in zip(m[:200], kl, rl, kr, rr)
+    ]
+    assert to_ints(one[:200]) == want
+    back_l, back_r, back_k = splits._split2(one, m, 64, hr, rows)
+    assert np.array_equal(back_k, kl)
+    assert np.array_equal(back_l[:, 0], rl) and np.array_equal(back_r[:, 0], rr)
+
+
+@pytest.mark.parametrize("width", [65, 127, 128, 129, 1019, 2042])
+def test_word_fields_are_the_integer_fields(width):
+    rng = np.random.default_rng(width)
+    vals = [2**width - 1, 0, 1] + [int.from_bytes(rng.bytes(-(-width // 8)), "big") >> (
+        (-width) % 8) for _ in range(30)]  # fmt: skip
+    for lead in (0, 3, 7, 8, 13):
+        a, b = BitWriter(), BitWriter()
+        for wr in (a, b):
+            wr.write_bits(np.ones(lead, dtype=np.uint8))
+        a.write_words(from_ints(vals, words_for(width) + 1), width)  # an extra zero word
+        b.write_ints(vals, width)
+        assert a.getvalue() == b.getvalue() and a.nbits == b.nbits == lead + 33 * width
+        rd = BitReader(a.getvalue(), a.nbits)
+        rd.read_bits(lead)
+        got = rd.read_words(33, width)
+        assert got.shape == (33, words_for(width)) and to_ints(got) == vals
+    with pytest.raises(ValueError, match=f"does not fit in {width} bits"):
+        BitWriter().write_words(from_ints([2**width], words_for(width + 1)), width)
+    with pytest.raises(ValueError, match="width 64"):
+        BitWriter().write_words(from_ints([5], 1), 64)
 
 
 # -- sections and files ---------------------------------------------------------------------------

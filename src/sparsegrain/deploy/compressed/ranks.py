@@ -5,12 +5,11 @@ bits.
 Ranks of at most 63 bits are the colexicographic rank ``sum_i C(c_i, i + 1)`` from a uint64
 table of binomials, in every format version. Wider ones (a 1x1 conv of 1024 input channels at
 half density needs 1019 bits per filter) are the split rank of ``splits.py`` from format
-version 2 on: about ``G / 64`` big-integer steps per domain, computed for all domains of every
-layer of one ``G`` at once. Format version 1 stored the colex rank there too; it is still read
-(and written on request), in ``n`` passes over numpy object arrays of Python integers for all
-domains of the layers that share ``(G, n)``. The passes read rows of the table
-``T[i, t] = C(i + t, i + 1)``, the term of
-a kept group ``c_i = i + t`` (``t`` empty groups below it): Pascal's rule links rows
+version 2 on, computed for every domain of every layer at once and written and read as rows of
+uint64 words. Format version 1 stored the colex rank there too; it is still read (and written
+on request), in ``n`` passes over numpy object arrays of Python integers for all domains of the
+layers that share ``(G, n)``. The passes read rows of the table ``T[i, t] = C(i + t, i + 1)``,
+the term of a kept group ``c_i = i + t`` (``t`` empty groups below it): Pascal's rule links rows
 (``T[i, t] = T[i, t - 1] + T[i - 1, t]``), and along a row
 ``T[i, t] = T[i, t - 1] * (i + t) // (t - 1)`` (``t >= 2``; ``T[i, 0] = 0``, ``T[i, 1] = 1``).
 Only the window of a row between the fewest and the most empty groups any domain has there is

@@ -17,7 +17,7 @@ by halves:
   odd one out moves up as it is); the root's rank is the domain's.
 
 Nodes of at most 64 groups rank below ``C(64, 32) < 2**63``: those levels run in uint64 numpy
-arrays. Above, a rank is a row of little-endian uint64 words (``limbs_for(h)`` of them), and
+arrays. Above, a rank is a row of little-endian uint64 words (``words_for(h)`` of them), and
 the nodes of every layer (every ``G``) on one level are joined or split together, sorted by
 ``k_R`` so that each class shares its factor ``C(h_R, k_R)``. A class's ranks are packed into
 one Python integer, a field per node wide enough that no field overflows into the next
@@ -118,10 +118,10 @@ def _pair_kinds(sizes: list[int]) -> list[tuple[int, int, np.ndarray]]:
     return [(sizes[0], hr, np.flatnonzero(np.array(right) == hr)) for hr in sorted(set(right))]
 
 
-# -- limbs: wide ranks as rows of little-endian uint64 words ---------------------------------------
+# -- words: wide ranks as rows of little-endian uint64 words --------------------------------------
 
 
-def limbs_for(bits: int) -> int:
+def words_for(bits: int) -> int:
     """uint64 words that hold a number of ``bits`` bits (one at least)."""
     return max(1, -(-bits // 64))
 
@@ -188,7 +188,7 @@ class _Row:
         self.hl, self.hr, self.m = hl, hr, m
         self.lo, self.top = max(0, m - hr), min(hl, m)
         total = math.comb(hl + hr, m)
-        self.shift, self.width = max(0, total.bit_length() - 63), limbs_for(hl + hr)
+        self.shift, self.width = max(0, total.bit_length() - 63), words_for(hl + hr)
         if hl == hr:
             self.k0 = (m + 1) // 2
             self.ints = [(total - self._term(m // 2)) // 2 if m % 2 == 0 else total // 2]
@@ -256,8 +256,8 @@ def _row(hl: int, hr: int, m: int, rows: Rows) -> _Row:
 
 
 def _offsets(hl: int, hr: int, m: np.ndarray, kl: np.ndarray, rows: Rows) -> np.ndarray:
-    """``off(m, k_L)`` of every node as ``limbs_for(hl + hr)`` words."""
-    out = np.empty((len(m), limbs_for(hl + hr)), dtype=np.uint64)
+    """``off(m, k_L)`` of every node as ``words_for(hl + hr)`` words."""
+    out = np.empty((len(m), words_for(hl + hr)), dtype=np.uint64)
     order = _order(m)
     for mv, a, b in _runs(m[order]):
         at = order[a:b]
@@ -345,7 +345,7 @@ def _split2(r: np.ndarray, m: np.ndarray, hl: int, hr: int, rows: Rows):
 
 def _join(rl, rr, kl, kr, hl: int, hr: int, rows: Rows) -> np.ndarray:
     """Ranks ``off(m, k_L) + r_L * C(h_R, k_R) + r_R`` of ``N`` pairs (words in, words out)."""
-    n, width = len(kl), limbs_for(hl + hr)
+    n, width = len(kl), words_for(hl + hr)
     order = _order(kr)
     ordered, left = kr[order], _widen(rl[order], width)
     comb, parts = _comb_row(hr), []
@@ -398,7 +398,7 @@ def _divmod(a: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
     field) is ``a // c`` or one less; one packed comparison corrects it."""
     n, width = a.shape
     mu = (1 << 64 * width) // c  # below 2**(N - t) with 2**t <= c
-    wide = width + limbs_for(64 * width - c.bit_length() + 2)  # a * mu < 2**(64 * wide)
+    wide = width + words_for(64 * width - c.bit_length() + 2)  # a * mu < 2**(64 * wide)
     q = _unpack(_pack(a, wide) * mu, n, wide)[:, width : 2 * width]
     rem = _pack(a, width) - _pack(q, width) * c  # every field in [0, 2c)
     g = c.bit_length() + 1  # 2c < 2**g <= 2**(64 * width - 1)
@@ -428,7 +428,7 @@ def _split(r: np.ndarray, m: np.ndarray, hl: int, hr: int, rows: Rows):
     ordered = kr[order]
     off = _offsets(hl, hr, m, kl, rows)[order]
     rem = _unpack(_pack(r[order], width) - _pack(off, width), n, width)  # every field >= 0
-    wl, wr = limbs_for(hl), limbs_for(hr)
+    wl, wr = words_for(hl), words_for(hr)
     left, right = np.zeros((n, wl), dtype=np.uint64), np.zeros((n, wr), dtype=np.uint64)
     comb = _comb_row(hr)
     for k, a, b in _runs(ordered):
@@ -463,7 +463,7 @@ def _gather(trees: list[_Tree], parts: list[tuple[int, np.ndarray]], side: int, 
 
 def split_rank_words(keeps: list[np.ndarray], rows: Rows | None = None) -> list[np.ndarray]:
     """The split rank of every row of each bool ``keep (D, G)`` (the same count kept on every
-    row of one array), as ``(D, limbs_for(G))`` words; the arrays' nodes of one level are joined
+    row of one array), as ``(D, words_for(G))`` words; the arrays' nodes of one level are joined
     together."""
     rows = {} if rows is None else rows
     count, rank, _, _ = _leaf_tables()
@@ -481,7 +481,7 @@ def split_rank_words(keeps: list[np.ndarray], rows: Rows | None = None) -> list[
         for i in live:
             t, sizes = trees[i], trees[i].levels[level]
             d, npair, odd = t.r.shape[0], len(sizes) // 2, len(sizes) % 2
-            up_r = np.zeros((d, npair + odd, limbs_for(2 * sizes[0])), dtype=np.uint64)
+            up_r = np.zeros((d, npair + odd, words_for(2 * sizes[0])), dtype=np.uint64)
             up_k = t.k[:, 0 : 2 * npair : 2] + t.k[:, 1 : 2 * npair : 2]
             for hl, hr, cols in _pair_kinds(sizes):
                 if hl + hr > _SMALL:
@@ -496,8 +496,8 @@ def split_rank_words(keeps: list[np.ndarray], rows: Rows | None = None) -> list[
                 up_k = np.concatenate([up_k, t.k[:, -1:]], axis=1)
             ups[i] = (up_r, up_k)
         for (hl, hr), parts in big.items():
-            rl, kl = _gather(trees, parts, 0, limbs_for(hl))
-            rr, kr = _gather(trees, parts, 1, limbs_for(hr))
+            rl, kl = _gather(trees, parts, 0, words_for(hl))
+            rr, kr = _gather(trees, parts, 1, words_for(hr))
             join = _join2 if hl <= _SMALL and hl + hr <= 2 * _SMALL else _join
             joined, at = join(rl, rr, kl, kr, hl, hr, rows), 0
             for i, cols in parts:
@@ -510,7 +510,7 @@ def split_rank_words(keeps: list[np.ndarray], rows: Rows | None = None) -> list[
         for i in live:
             trees[i].r, trees[i].k = ups[i]
         level += 1
-    return [t.r[:, 0] for t in trees]
+    return [t.r[:, 0, : words_for(t.levels[-1][0])] for t in trees]
 
 
 def split_keep_words(
@@ -520,7 +520,7 @@ def split_keep_words(
     are below ``C(G, n)``: bool ``(D, G)`` with ``n`` kept per row."""
     rows = {} if rows is None else rows
     trees = [
-        _Tree(g, _widen(words, limbs_for(g))[:, None, :], np.full((len(words), 1), n))
+        _Tree(g, _widen(words, words_for(g))[:, None, :], np.full((len(words), 1), n))
         for words, g, n in jobs
     ]
     for level in range(max(len(t.levels) for t in trees) - 2, -1, -1) if trees else ():
@@ -530,7 +530,7 @@ def split_keep_words(
             if len(t.levels) - 1 <= level:
                 continue
             sizes, d = t.levels[level], t.r.shape[0]
-            down_r = np.zeros((d, len(sizes), limbs_for(sizes[0])), dtype=np.uint64)
+            down_r = np.zeros((d, len(sizes), words_for(sizes[0])), dtype=np.uint64)
             down_k = np.empty((d, len(sizes)), dtype=np.int64)
             for hl, hr, cols in _pair_kinds(sizes):
                 if hl + hr > _SMALL:
@@ -548,7 +548,7 @@ def split_keep_words(
                 down_k[:, -1] = t.k[:, -1]
             downs[i] = (down_r, down_k)
         for (hl, hr), parts in big.items():
-            r, m = _gather(trees, parts, None, limbs_for(hl + hr))
+            r, m = _gather(trees, parts, None, words_for(hl + hr))
             split = _split2 if hl <= _SMALL and hl + hr <= 2 * _SMALL else _split
             rl, rr, kl = split(r, m, hl, hr, rows)
             at = 0
@@ -600,5 +600,5 @@ def split_positions(ranks: list[int], g: int, n: int, rows: Rows | None = None) 
     """Inverse of ``split_ranks`` for ranks below ``C(g, n)``: ``(D, n)`` ascending positions."""
     if not ranks or n == 0:
         return np.zeros((len(ranks), n), dtype=np.int64)
-    words = from_ints(ranks, limbs_for(g))
+    words = from_ints(ranks, words_for(g))
     return positions_of(split_keep_words([(words, g, n)], rows)[0])
