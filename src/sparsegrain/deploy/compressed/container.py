@@ -27,6 +27,7 @@ import json
 import math
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -233,13 +234,25 @@ def read_compressed(path: str | Path) -> tuple[dict[str, Tensor], dict]:
             f"compressed file {path} is truncated or padded: payload of {len(payload)} bytes, "
             f"header says {want}"
         )
-    if zlib.crc32(payload) != crc:
-        raise ConfigError(f"compressed file {path} is corrupt (payload checksum mismatch)")
-    try:
-        bits = check_bits(BitWidths(value=header["bits"]["value"], index=header["bits"]["index"]))
-        state = _read_tensors(header["tensors"], payload, bits, header["version"])
-    except (ValueError, EOFError, KeyError, TypeError, IndexError, RuntimeError) as e:
-        raise ConfigError(f"compressed file {path} is corrupt ({type(e).__name__}: {e})") from None
+    with ThreadPoolExecutor(1) as pool:  # the checksum (no interpreter lock) beside decoding
+        checksum = pool.submit(zlib.crc32, payload)
+        failure: Exception | None = None
+        try:
+            bits = check_bits(
+                BitWidths(value=header["bits"]["value"], index=header["bits"]["index"])
+            )
+            state = _read_tensors(header["tensors"], payload, bits, header["version"])
+        except Exception as e:  # judged once the checksum is known
+            failure = e
+        if checksum.result() != crc:  # a bad payload is named as such, whatever decoding said
+            raise ConfigError(f"compressed file {path} is corrupt (payload checksum mismatch)")
+    if isinstance(
+        failure, ValueError | EOFError | KeyError | TypeError | IndexError | RuntimeError
+    ):
+        msg = f"{type(failure).__name__}: {failure}"
+        raise ConfigError(f"compressed file {path} is corrupt ({msg})") from None
+    if failure is not None:
+        raise failure
     return state, header
 
 

@@ -324,8 +324,7 @@ def _join2(rl, rr, kl, kr, hl: int, hr: int, rows: Rows) -> np.ndarray:
 def _split2(r: np.ndarray, m: np.ndarray, hl: int, hr: int, rows: Rows):
     """``_split`` for ``_join2``'s pairs: ``q = rem // c`` from a float64 estimate, refined by
     the float quotient of the exact remainder (then within two of ``q``) and corrected."""
-    kl = _search(r, m, hl, hr, rows)
-    off = _offsets(hl, hr, m, kl, rows)
+    kl, off = _search(r, m, hl, hr, rows)
     lo, hi = _sub128(r[:, 0], r[:, 1], off[:, 0], off[:, 1])  # below C(h_L, k_L) * c < 2**122
     c = np.array(_comb_row(hr), dtype=np.uint64)[m - kl]  # below 2**61
     cf = c.astype(np.float64)
@@ -373,10 +372,12 @@ def _prefix(r: np.ndarray, shift: int) -> np.ndarray:
     return p
 
 
-def _search(r: np.ndarray, m: np.ndarray, hl: int, hr: int, rows: Rows) -> np.ndarray:
-    """Per node the largest ``k`` with ``off(m, k) <= r``: on prefixes, exactly where a node's
-    prefix equals the prefix of the entry found (only there can the entry exceed the rank)."""
+def _search(r: np.ndarray, m: np.ndarray, hl: int, hr: int, rows: Rows):
+    """Per node the largest ``k`` with ``off(m, k) <= r``, and that ``off`` as words: on
+    prefixes, exactly where a node's prefix equals the prefix of the entry found (only there
+    can the entry exceed the rank)."""
     kl = np.empty(len(m), dtype=np.int64)
+    off = np.empty((len(m), words_for(hl + hr)), dtype=np.uint64)
     order = _order(m)
     for mv, a, b in _runs(m[order]):
         at, row = order[a:b], _row(hl, hr, mv, rows)
@@ -386,8 +387,8 @@ def _search(r: np.ndarray, m: np.ndarray, hl: int, hr: int, rows: Rows) -> np.nd
         tie = row.prefix[k] == p
         if tie.any():
             k[tie] = [bisect_right(row.ints, x) - 1 for x in to_ints(r[at[tie]])]
-        kl[at] = k + row.k0
-    return kl
+        kl[at], off[at] = k + row.k0, row.words[k]
+    return kl, off
 
 
 def _divmod(a: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
@@ -422,11 +423,11 @@ def _divmod(a: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
 def _split(r: np.ndarray, m: np.ndarray, hl: int, hr: int, rows: Rows):
     """Inverse of ``_join``: ``(r_L, r_R, k_L)`` of ``N`` nodes of ``m`` kept groups."""
     n, width = r.shape
-    kl = _search(r, m, hl, hr, rows)
+    kl, off = _search(r, m, hl, hr, rows)
     kr = m - kl
     order = _order(kr)
     ordered = kr[order]
-    off = _offsets(hl, hr, m, kl, rows)[order]
+    off = off[order]
     rem = _unpack(_pack(r[order], width) - _pack(off, width), n, width)  # every field >= 0
     wl, wr = words_for(hl), words_for(hr)
     left, right = np.zeros((n, wl), dtype=np.uint64), np.zeros((n, wr), dtype=np.uint64)
