@@ -255,16 +255,30 @@ def _row(hl: int, hr: int, m: int, rows: Rows) -> _Row:
     return row
 
 
+def _tables(hl: int, hr: int, held: dict[int, _Row]):
+    """The rows of the ``m`` present laid end to end: per ``m`` where its row starts, its
+    length and its ``k0``."""
+    base, length, k0 = (np.zeros(hl + hr + 1, dtype=np.int64) for _ in range(3))
+    at = 0
+    for mv, row in held.items():
+        base[mv], length[mv], k0[mv] = at, len(row.ints), row.k0
+        at += len(row.ints)
+    return base, length, k0
+
+
 def _offsets(hl: int, hr: int, m: np.ndarray, kl: np.ndarray, rows: Rows) -> np.ndarray:
     """``off(m, k_L)`` of every node as ``words_for(hl + hr)`` words."""
-    out = np.empty((len(m), words_for(hl + hr)), dtype=np.uint64)
+    if not len(m):
+        return np.zeros((0, words_for(hl + hr)), dtype=np.uint64)
     order = _order(m)
+    held = {}
     for mv, a, b in _runs(m[order]):
-        at = order[a:b]
-        ks, row = kl[at], _row(hl, hr, mv, rows)
+        ks = kl[order[a:b]]
+        held[mv] = row = _row(hl, hr, mv, rows)
         row.cover(int(ks.min()), int(ks.max()))
-        out[at] = row.words[ks - row.k0]
-    return out
+    base, _, k0 = _tables(hl, hr, held)
+    words = np.concatenate([row.words for row in held.values()])
+    return words[base[m] + kl - k0[m]]
 
 
 def _order(keys: np.ndarray) -> np.ndarray:
@@ -363,32 +377,54 @@ def _join(rl, rr, kl, kr, hl: int, hr: int, rows: Rows) -> np.ndarray:
     return out
 
 
-def _prefix(r: np.ndarray, shift: int) -> np.ndarray:
-    """``r >> shift`` of every row, where that is below ``2**63``."""
-    q, b = divmod(shift, 64)
-    p = r[:, q] >> np.uint64(b)
-    if b and q + 1 < r.shape[1]:
-        p |= r[:, q + 1] << np.uint64(64 - b)
-    return p
+@cache
+def _shifts(h: int) -> np.ndarray:
+    """Per ``m`` the shift that leaves 63 bits of ``C(h, m)`` (``_Row.shift``)."""
+    return np.array([max(0, math.comb(h, m).bit_length() - 63) for m in range(h + 1)])
+
+
+def _prefixes(r: np.ndarray, m: np.ndarray, h: int) -> np.ndarray:
+    """``r >> shift(m)`` of every node (below ``2**63``, as ``r < C(h, m)``)."""
+    shift = _shifts(h)[m]
+    q, b = shift // 64, (shift % 64).astype(np.uint64)
+    width = r.shape[1]
+    low = np.take_along_axis(r, q[:, None], axis=1)[:, 0] >> b
+    up = np.take_along_axis(r, np.minimum(q + 1, width - 1)[:, None], axis=1)[:, 0]
+    return low | np.where(q + 1 < width, up, 0).astype(np.uint64) << (np.uint64(64) - b)
 
 
 def _search(r: np.ndarray, m: np.ndarray, hl: int, hr: int, rows: Rows):
-    """Per node the largest ``k`` with ``off(m, k) <= r``, and that ``off`` as words: on
-    prefixes, exactly where a node's prefix equals the prefix of the entry found (only there
-    can the entry exceed the rank)."""
-    kl = np.empty(len(m), dtype=np.int64)
-    off = np.empty((len(m), words_for(hl + hr)), dtype=np.uint64)
+    """Per node the largest ``k`` with ``off(m, k) <= r``, and that ``off`` as words.
+
+    Every row is grown until it holds its nodes (``_Row.cover_ranks``), the rows are laid end
+    to end, and each node searches its own row's prefixes in power-of-two steps; only where a
+    node's prefix equals the entry found can that entry exceed the rank, and there Python
+    integers decide."""
+    if not len(m):
+        return np.zeros(0, dtype=np.int64), np.zeros((0, words_for(hl + hr)), dtype=np.uint64)
+    p = _prefixes(r, m, hl + hr)
     order = _order(m)
-    for mv, a, b in _runs(m[order]):
-        at, row = order[a:b], _row(hl, hr, mv, rows)
-        p = _prefix(r[at], row.shift)
-        row.cover_ranks(int(p.min()), int(p.max()))
-        k = np.searchsorted(row.prefix, p, side="right") - 1
-        tie = row.prefix[k] == p
-        if tie.any():
-            k[tie] = [bisect_right(row.ints, x) - 1 for x in to_ints(r[at[tie]])]
-        kl[at], off[at] = k + row.k0, row.words[k]
-    return kl, off
+    runs = _runs(m[order])
+    starts = [a for _, a, _ in runs]
+    low, high = np.minimum.reduceat(p[order], starts), np.maximum.reduceat(p[order], starts)
+    held = {}
+    for (mv, _, _), lo_p, hi_p in zip(runs, low.tolist(), high.tolist()):
+        held[mv] = row = _row(hl, hr, mv, rows)
+        row.cover_ranks(lo_p, hi_p)
+    base, length, k0 = _tables(hl, hr, held)
+    prefix = np.concatenate([row.prefix for row in held.values()])
+    first = base[m]
+    last = first + length[m] - 1
+    at = first.copy()
+    step = 1 << int((last - first).max(initial=0)).bit_length()
+    while step := step >> 1:
+        nxt = np.minimum(at + step, last)
+        at += (prefix[nxt] <= p) * (nxt - at)
+    for i in np.flatnonzero(prefix[at] == p).tolist():  # ties: exactly
+        row = held[int(m[i])]
+        at[i] = base[m[i]] + bisect_right(row.ints, to_ints(r[i : i + 1])[0]) - 1
+    words = np.concatenate([row.words for row in held.values()])
+    return at - first + k0[m], words[at]
 
 
 def _divmod(a: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
