@@ -235,6 +235,11 @@ class _Row:
         """Grow the window until every rank with a prefix in ``[low, high]`` has its ``k_L``
         inside: ``prefix[0] < low`` (or ``k0 = lo``) and ``prefix[-1] > high`` (or
         ``k1 = top + 1``)."""
+        if len(self.ints) == 1:  # first: five standard deviations of k_L's hypergeometric law
+            h = self.hl + self.hr
+            var = self.m * self.hl * self.hr * (h - self.m) / (h * h * max(h - 1, 1))
+            reach = int(5 * var**0.5) + 4
+            self.cover(self.k0 - reach, self.k0 + reach)
         step = 8
         while self.k0 > self.lo and int(self.prefix[0]) >= low:
             self.cover(self.k0 - step, self.k1)
