@@ -17,23 +17,28 @@ by halves:
   odd one out moves up as it is); the root's rank is the domain's.
 
 Nodes of at most 64 groups rank below ``C(64, 32) < 2**63``: those levels run in uint64 numpy
-arrays. Above, a rank is a row of little-endian uint64 words (``words_for(h)`` of them), and
-the nodes of every layer (every ``G``) on one level are joined or split together, sorted by
-``k_R`` so that each class shares its factor ``C(h_R, k_R)``. A class's ranks are packed into
-one Python integer, a field per node wide enough that no field overflows into the next
-(Kronecker substitution), so one big-integer product multiplies them all:
+arrays. Pairs of at most 128 groups with a left node of at most 64 have one-word children and
+two-word ranks: numpy with 32-bit halves, and when reading a float64 estimate of the quotient,
+refined by the float quotient of the exact remainder and corrected exactly. Above, a rank is a
+row of little-endian uint64 words (``words_for(h)`` of them), and the nodes of every layer
+(every ``G``) on one level are joined or split together, sorted by ``k_R`` so that each class
+shares its factor ``c = C(h_R, k_R)``. A class's ranks are packed into one Python integer, a
+field per node wide enough that no field overflows into the next (Kronecker substitution), so
+one big-integer product serves them all:
 
-- writing, ``r_L * C(h_R, k_R)`` per class, then ``r_R`` and ``off`` added to the whole level;
+- writing, ``r_L * c`` per class, then ``r_R`` and ``off`` added to the whole level;
 - reading, ``k_L`` is the last entry of the ``off`` row of ``m`` at or below the rank, found on
   63-bit prefixes (exactly, with Python integers, only where a prefix ties with an entry);
-  then ``q = floor(rem / C)`` by a reciprocal: with ``t = bitlen(C) - 1`` and
-  ``mu = floor(2**N / C)`` (every ``rem < 2**N``), ``((rem >> t) * mu) >> (N - t)`` lies in
-  ``[q - 2, q]`` (Barrett's estimate; Menezes, van Oorschot and Vanstone, *Handbook of Applied
-  Cryptography*, 14.42), and at most two corrections follow, each one a packed comparison: the
-  field ``rem - q C + 2**g - C`` reaches bit ``g`` exactly where ``rem - q C >= C``.
+  then ``q = floor(rem / c)`` by a reciprocal, a division by an invariant integer done as a
+  multiplication (Granlund and Montgomery, PLDI 1994): with ``mu = floor(2**N / c)`` (every
+  ``rem < 2**N``), ``rem * mu / 2**N > rem / c - 1``, so ``(rem * mu) >> N`` is ``q`` or one
+  less, and one packed comparison corrects it: the field ``rem - q c + 2**g - c`` reaches bit
+  ``g`` exactly where ``rem - q c >= c``.
 
-So a level costs a few big-integer operations per class, not per node. Every rank below
-``C(G, n)`` reads back to one subset, so a corrupt rank cannot yield a bad mask.
+The ``off`` rows are held as windows around the middle (``_Row``), since the ``k_L`` of real
+nodes lie a few standard deviations of the hypergeometric law around it. So a level costs a few
+big-integer operations per class, not per node. Every rank below ``C(G, n)`` reads back to one
+subset, so a corrupt rank cannot yield a bad mask.
 """
 
 from __future__ import annotations
