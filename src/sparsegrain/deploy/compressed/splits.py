@@ -307,6 +307,29 @@ def _runs(ordered: np.ndarray) -> list[tuple[int, int, int]]:
 # -- one level of the big nodes -------------------------------------------------------------------
 
 
+def _join_small(rl, rr, kl, kr, hl: int, hr: int, rows: Rows) -> np.ndarray:
+    """``_join`` for pairs of at most 64 groups: one uint64 word, from the tables."""
+    off, comb = _small_tables(hl, hr)
+    return (off[kl + kr, kl] + rl[:, 0] * comb[kr] + rr[:, 0])[:, None]
+
+
+def _split_small(r: np.ndarray, m: np.ndarray, hl: int, hr: int, rows: Rows):
+    off, comb = _small_tables(hl, hr)
+    kl = _search_small(off, m, r[:, 0])
+    rem, div = r[:, 0] - off[m, kl], comb[m - kl]
+    q = rem // div
+    return q[:, None], (rem - q * div)[:, None], kl
+
+
+def _kind(hl: int, hr: int):
+    """The join and split of a kind of pair."""
+    if hl + hr <= _SMALL:
+        return _join_small, _split_small
+    if hl <= _SMALL and hl + hr <= 2 * _SMALL:
+        return _join2, _split2
+    return _join, _split
+
+
 # Pairs of at most 128 groups whose left node has at most 64: one-word children, two-word ranks,
 # in numpy with 32-bit halves and no classes.
 _M32 = np.uint64(0xFFFFFFFF)
@@ -523,7 +546,7 @@ def split_rank_words(keeps: list[np.ndarray], rows: Rows | None = None) -> list[
         trees.append(_Tree(g, rank[masks][..., None], count[masks]))
     level = 0
     while live := [i for i, t in enumerate(trees) if len(t.levels) - 1 > level]:
-        big: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
+        kinds: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
         ups = {}
         for i in live:
             t, sizes = trees[i], trees[i].levels[level]
@@ -531,22 +554,15 @@ def split_rank_words(keeps: list[np.ndarray], rows: Rows | None = None) -> list[
             up_r = np.zeros((d, npair + odd, words_for(2 * sizes[0])), dtype=np.uint64)
             up_k = t.k[:, 0 : 2 * npair : 2] + t.k[:, 1 : 2 * npair : 2]
             for hl, hr, cols in _pair_kinds(sizes):
-                if hl + hr > _SMALL:
-                    big.setdefault((hl, hr), []).append((i, cols))
-                    continue
-                off, comb = _small_tables(hl, hr)
-                rl, rr = t.r[:, 2 * cols, 0], t.r[:, 2 * cols + 1, 0]
-                kl, kr = t.k[:, 2 * cols], t.k[:, 2 * cols + 1]
-                up_r[:, cols, 0] = off[kl + kr, kl] + rl * comb[kr] + rr
+                kinds.setdefault((hl, hr), []).append((i, cols))
             if odd:
                 up_r[:, -1, : t.r.shape[2]] = t.r[:, -1]
                 up_k = np.concatenate([up_k, t.k[:, -1:]], axis=1)
             ups[i] = (up_r, up_k)
-        for (hl, hr), parts in big.items():
+        for (hl, hr), parts in kinds.items():
             rl, kl = _gather(trees, parts, 0, words_for(hl))
             rr, kr = _gather(trees, parts, 1, words_for(hr))
-            join = _join2 if hl <= _SMALL and hl + hr <= 2 * _SMALL else _join
-            joined, at = join(rl, rr, kl, kr, hl, hr, rows), 0
+            joined, at = _kind(hl, hr)[0](rl, rr, kl, kr, hl, hr, rows), 0
             for i, cols in parts:
                 up_r = ups[i][0]
                 size = up_r.shape[0] * len(cols)
@@ -571,7 +587,7 @@ def split_keep_words(
         for words, g, n in jobs
     ]
     for level in range(max(len(t.levels) for t in trees) - 2, -1, -1) if trees else ():
-        big: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
+        kinds: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
         downs = {}
         for i, t in enumerate(trees):
             if len(t.levels) - 1 <= level:
@@ -580,24 +596,14 @@ def split_keep_words(
             down_r = np.zeros((d, len(sizes), words_for(sizes[0])), dtype=np.uint64)
             down_k = np.empty((d, len(sizes)), dtype=np.int64)
             for hl, hr, cols in _pair_kinds(sizes):
-                if hl + hr > _SMALL:
-                    big.setdefault((hl, hr), []).append((i, cols))
-                    continue
-                off, comb = _small_tables(hl, hr)
-                rv, m = t.r[:, cols, 0], t.k[:, cols]
-                kl = _search_small(off, m, rv)
-                rem, div = rv - off[m, kl], comb[m - kl]
-                q = rem // div
-                down_r[:, 2 * cols, 0], down_r[:, 2 * cols + 1, 0] = q, rem - q * div
-                down_k[:, 2 * cols], down_k[:, 2 * cols + 1] = kl, m - kl
+                kinds.setdefault((hl, hr), []).append((i, cols))
             if len(sizes) % 2:
                 down_r[:, -1] = t.r[:, -1, : down_r.shape[2]]
                 down_k[:, -1] = t.k[:, -1]
             downs[i] = (down_r, down_k)
-        for (hl, hr), parts in big.items():
+        for (hl, hr), parts in kinds.items():
             r, m = _gather(trees, parts, None, words_for(hl + hr))
-            split = _split2 if hl <= _SMALL and hl + hr <= 2 * _SMALL else _split
-            rl, rr, kl = split(r, m, hl, hr, rows)
+            rl, rr, kl = _kind(hl, hr)[1](r, m, hl, hr, rows)
             at = 0
             for i, cols in parts:
                 down_r, down_k = downs[i]
