@@ -168,8 +168,12 @@ class BitWriter:
             raise ValueError(f"{value} does not fit in {width} bits")
         self.write_ints([value], width)
 
+    def chunks(self) -> list[bytes]:
+        """The bytes so far, in pieces (``getvalue`` joined), the last byte zero padded."""
+        return [*self._bytes, np.packbits(self._tail).tobytes()]
+
     def getvalue(self) -> bytes:
-        return b"".join(self._bytes) + np.packbits(self._tail).tobytes()
+        return b"".join(self.chunks())
 
 
 class BitReader:

@@ -143,25 +143,28 @@ def write_compressed(
 
     plan = dict(zip(sparse, map_layers(choose, list(sparse))))  # key -> layer, st, best, bits
     layers = [(sd[key], st, best) for key, (_, st, best, _) in plan.items()]
-    encoded = dict(zip(plan, encode_layers(layers, bits, version)))  # (G, n) shared: together
+    encoded = dict(zip(plan, encode_layers(layers, bits, version, joined=False)))
     entries, sections, rows, offset, raw_bits, crc = [], [], [], 0, 0, 0
     for key, t in sd.items():
         entry: dict[str, Any] = {"name": key, "shape": list(t.shape), "dtype": str(t.dtype)[6:]}
         if key in plan:
             (layer, st, best, predicted), out = plan[key], encoded[key]
-            data = out["data"]
+            chunks = out["data"]
+            size = sum(len(c) for c in chunks)
             entry.update(layer=layer, structure=st.spec, encoding=best)
             entry.update(bits=out["bits"], counts=out["counts"])
             rows.append({"name": layer, "structure": st.spec, "encoding": best})
-            rows[-1].update(predicted_bits=predicted, written_bits=out["bits"], bytes=len(data))
+            rows[-1].update(predicted_bits=predicted, written_bits=out["bits"], bytes=size)
         else:
-            data = _raw_bytes(t)
-            raw_bits += 8 * len(data)
-        entry.update(offset=offset, bytes=len(data))
-        offset += len(data)
+            chunks = [_raw_bytes(t)]
+            size = len(chunks[0])
+            raw_bits += 8 * size
+        entry.update(offset=offset, bytes=size)
+        offset += size
         entries.append(entry)
-        sections.append(data)
-        crc = zlib.crc32(data, crc)
+        for chunk in chunks:
+            sections.append(chunk)
+            crc = zlib.crc32(chunk, crc)
     header = {
         "format": FORMAT,
         "version": version,

@@ -185,14 +185,19 @@ def encode_layers(
     layers: Sequence[tuple[Tensor, str | Structure, str]],
     bits: BitWidths | None = None,
     version: int = VERSION,
+    joined: bool = True,
 ) -> list[dict]:
     """``encode_layer`` of every ``(weight, structure, encoding)``, the same sections; the wide
-    quota-rank ranks of layers that share ``(G, n)`` are computed together."""
+    quota-rank ranks of all layers are computed together. ``joined=False``: each ``data`` is a
+    list of byte strings to write one after another (a file writer need not join them)."""
     bits = check_bits(bits or BitWidths())
     per_layer: list[list] = [[] for _ in layers]  # rank jobs, in layer order
     parts = map_layers(lambda i: _encode(*layers[i], bits, per_layer[i]), range(len(layers)))
     write_ranks_many([job for jobs in per_layer for job in jobs], version)
-    return [{"data": wr.getvalue(), "bits": wr.nbits, "counts": counts} for wr, counts in parts]
+    return [
+        {"data": wr.getvalue() if joined else wr.chunks(), "bits": wr.nbits, "counts": counts}
+        for wr, counts in parts
+    ]
 
 
 def encode_layer(
