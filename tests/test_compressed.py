@@ -4,6 +4,7 @@ import json
 import math
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -369,3 +370,22 @@ def test_missing_foreign_truncated_and_corrupt_files(good_file, tmp_path):
     header["tensors"][0]["dtype"] = "object"
     _rewrite(bad, header, payload)
     fails(bad, "corrupt.*unknown dtype")
+
+
+def test_reading_maps_the_file_and_lets_it_go(tmp_path):
+    # read_compressed memory-maps the file; the map is closed before it returns, so no mapping
+    # of the file is left (Linux: /proc/self/maps), and an empty file, which cannot be mapped,
+    # is named in one line.
+    path = tmp_path / "m.sgc"
+    w = torch.randn(16, 32, 3, 3)
+    write_compressed({"conv.weight": w * parse_structure("kernel-quota").mask(w, 0.5)},
+                     {"conv": "kernel-quota"}, path)  # fmt: skip
+    back, _ = read_compressed(path)
+    assert back["conv.weight"].count_nonzero() == 16 * 16 * 9
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        assert str(path) not in maps.read_text()
+    empty = tmp_path / "empty.sgc"
+    empty.write_bytes(b"")
+    with pytest.raises(ConfigError, match="is not a sparsegrain compressed file"):
+        read_compressed(empty)

@@ -23,8 +23,10 @@ own dtype (float32 for BN, biases and dense layers).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import mmap
 import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -192,7 +194,7 @@ def write_compressed(
     }
 
 
-def _read_header(path: Path, blob: bytes) -> tuple[dict, memoryview]:
+def _read_header(path: Path, blob: bytes | mmap.mmap) -> tuple[dict, memoryview]:
     bad = f"{path} is not a sparsegrain compressed file"
     if len(blob) < 12 or blob[:8] != MAGIC:
         raise ConfigError(f"{bad} (no '{FORMAT}' signature)")
@@ -227,7 +229,27 @@ def read_compressed(path: str | Path) -> tuple[dict[str, Tensor], dict]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"compressed file not found: {path}")
-    header, payload = _read_header(path, path.read_bytes())
+    blob = _map(path)
+    try:
+        return _read_mapped(path, blob)
+    finally:
+        if isinstance(blob, mmap.mmap):
+            with contextlib.suppress(BufferError):  # a view still lives: the map goes with it
+                blob.close()
+
+
+def _map(path: Path) -> bytes | mmap.mmap:
+    """The file's bytes, memory-mapped where possible (no copy into fresh memory; every writer
+    of these files replaces them by rename, so a mapped file is never cut short under us)."""
+    with open(path, "rb") as f:
+        try:
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (ValueError, OSError):  # an empty file, or a file system that cannot map
+            return f.read()
+
+
+def _read_mapped(path: Path, blob: bytes | mmap.mmap) -> tuple[dict[str, Tensor], dict]:
+    header, payload = _read_header(path, blob)
     try:
         want, crc = int(header["payload"]["bytes"]), int(header["payload"]["crc32"])
     except (KeyError, TypeError, ValueError):
