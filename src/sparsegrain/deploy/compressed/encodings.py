@@ -54,7 +54,7 @@ from .bits import (
     value_codes,
 )
 from .ranks import VERSION, read_ranks_many, write_ranks_many
-from .splits import keep_of, positions_of
+from .splits import positions_of
 
 Levels = list[tuple[int, int, int]]  # (D, G, n) per quota level
 
@@ -244,7 +244,7 @@ def _decode_quota(rd: BitReader, st: Structure, shape4, encoding: str, counts, v
     d_last, _, n_last = levels[-1]
     inner = rd.read_codes(d_last * n_last * widths[-1], v)
     if encoding == "quota":
-        sel = [keep_of(_quota_positions(rd, d, g, n), g) for d, g, n in levels]
+        sel = [_quota_positions(rd, d, g, n) for d, g, n in levels]
     else:
         first = len(jobs)
         jobs.extend((rd, d, g, n) for d, g, n in levels)
@@ -255,7 +255,9 @@ def _decode_quota(rd: BitReader, st: Structure, shape4, encoding: str, counts, v
         # Innermost level first: each scatters its values into the groups the level above kept.
         for (d, g, _), pick, e in reversed(list(zip(levels, picked, widths))):
             view = np.zeros((d * g, e), dtype=inner.dtype)
-            view[np.flatnonzero(pick)] = inner.reshape(-1, e)  # faster than a bool index
+            # Flat indices (faster than a bool index): from quota's positions or a selection.
+            at = np.flatnonzero(pick) if pick.dtype == bool else pick + (np.arange(d) * g)[:, None]
+            view[at.reshape(-1)] = inner.reshape(-1, e)
             inner = view.reshape(d, g, e)
         return st.quota_levels[0].from_group_view(torch.from_numpy(inner), shape4)
 

@@ -78,6 +78,12 @@ def _comb_row(h: int) -> tuple[int, ...]:
 
 
 @cache
+def _comb_u64(h: int) -> np.ndarray:
+    """``C(h, k)`` for ``k = 0..h`` as uint64 (``h <= 64``)."""
+    return np.array(_comb_row(h), dtype=np.uint64)
+
+
+@cache
 def _small_tables(hl: int, hr: int) -> tuple[np.ndarray, np.ndarray]:
     """uint64 ``off[m, k]`` for every ``m <= hl + hr`` and ``k <= hl + 1`` (``off(m, k)`` for a
     possible ``k``, ``C(hl + hr, m)`` above it, so each row ascends and is searchable), and
@@ -90,7 +96,7 @@ def _small_tables(hl: int, hr: int) -> tuple[np.ndarray, np.ndarray]:
             off[m, k] = acc if k <= top else math.comb(hl + hr, m)
             if k <= top and m - k <= hr:
                 acc += cl[k] * cr[m - k]
-    return off, np.array(cr, dtype=np.uint64)
+    return off, _comb_u64(hr)
 
 
 def _search_small(off: np.ndarray, m: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -149,16 +155,6 @@ def _pack(a: np.ndarray, width: int) -> int:
 def _unpack(x: int, n: int, width: int) -> np.ndarray:
     """Inverse of ``_pack``: ``n`` fields of ``width`` words."""
     return np.frombuffer(x.to_bytes(8 * n * width, "little"), dtype=np.uint64).reshape(n, width)
-
-
-def _shift_right(a: np.ndarray, s: int, width: int) -> np.ndarray:
-    """``a >> s`` per row, ``width`` words kept (numpy shifts of 64 or more give 0)."""
-    q, b = divmod(s, 64)
-    src = np.zeros((a.shape[0], width + 1), dtype=np.uint64)
-    part = a[:, q : q + width + 1]
-    src[:, : part.shape[1]] = part
-    b64 = np.uint64(b)
-    return (src[:, :width] >> b64) | (src[:, 1:] << np.uint64(64 - b)) if b else src[:, :width]
 
 
 def to_ints(a: np.ndarray) -> list[int]:
@@ -267,13 +263,13 @@ def _row(hl: int, hr: int, m: int, rows: Rows) -> _Row:
 
 def _tables(hl: int, hr: int, held: dict[int, _Row]):
     """The rows of the ``m`` present laid end to end: per ``m`` where its row starts, its
-    length and its ``k0``."""
+    length and its ``k0``; and the rows' words, concatenated."""
     base, length, k0 = (np.zeros(hl + hr + 1, dtype=np.int64) for _ in range(3))
     at = 0
     for mv, row in held.items():
         base[mv], length[mv], k0[mv] = at, len(row.ints), row.k0
         at += len(row.ints)
-    return base, length, k0
+    return base, length, k0, np.concatenate([row.words for row in held.values()])
 
 
 def _offsets(hl: int, hr: int, m: np.ndarray, kl: np.ndarray, rows: Rows) -> np.ndarray:
@@ -286,8 +282,7 @@ def _offsets(hl: int, hr: int, m: np.ndarray, kl: np.ndarray, rows: Rows) -> np.
         ks = kl[order[a:b]]
         held[mv] = row = _row(hl, hr, mv, rows)
         row.cover(int(ks.min()), int(ks.max()))
-    base, _, k0 = _tables(hl, hr, held)
-    words = np.concatenate([row.words for row in held.values()])
+    base, _, k0, words = _tables(hl, hr, held)
     return words[base[m] + kl - k0[m]]
 
 
@@ -361,7 +356,7 @@ def _to_float(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 
 def _join2(rl, rr, kl, kr, hl: int, hr: int, rows: Rows) -> np.ndarray:
-    lo, hi = _mul64(rl[:, 0], np.array(_comb_row(hr), dtype=np.uint64)[kr])
+    lo, hi = _mul64(rl[:, 0], _comb_u64(hr)[kr])
     lo, hi = _add128(lo, hi, rr[:, 0], np.zeros_like(hi))
     off = _offsets(hl, hr, kl + kr, kl, rows)
     lo, hi = _add128(lo, hi, off[:, 0], off[:, 1])
@@ -373,7 +368,7 @@ def _split2(r: np.ndarray, m: np.ndarray, hl: int, hr: int, rows: Rows):
     the float quotient of the exact remainder (then within two of ``q``) and corrected."""
     kl, off = _search(r, m, hl, hr, rows)
     lo, hi = _sub128(r[:, 0], r[:, 1], off[:, 0], off[:, 1])  # below C(h_L, k_L) * c < 2**122
-    c = np.array(_comb_row(hr), dtype=np.uint64)[m - kl]  # below 2**61
+    c = _comb_u64(hr)[m - kl]  # below 2**61
     cf = c.astype(np.float64)
     q = np.floor(_to_float(lo, hi) / cf).astype(np.int64)  # off by at most 2**9
     for _ in range(2):  # the second pass leaves |rem - q c| < 2c
@@ -444,7 +439,7 @@ def _search(r: np.ndarray, m: np.ndarray, hl: int, hr: int, rows: Rows):
     for (mv, _, _), lo_p, hi_p in zip(runs, low.tolist(), high.tolist()):
         held[mv] = row = _row(hl, hr, mv, rows)
         row.cover_ranks(lo_p, hi_p)
-    base, length, k0 = _tables(hl, hr, held)
+    base, length, k0, words = _tables(hl, hr, held)
     prefix = np.concatenate([row.prefix for row in held.values()])
     first = base[m]
     last = first + length[m] - 1
@@ -456,7 +451,6 @@ def _search(r: np.ndarray, m: np.ndarray, hl: int, hr: int, rows: Rows):
     for i in np.flatnonzero(prefix[at] == p).tolist():  # ties: exactly
         row = held[int(m[i])]
         at[i] = base[m[i]] + bisect_right(row.ints, to_ints(r[i : i + 1])[0]) - 1
-    words = np.concatenate([row.words for row in held.values()])
     return at - first + k0[m], words[at]
 
 
