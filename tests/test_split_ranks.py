@@ -300,3 +300,25 @@ def test_a_width_that_fits_63_bits_is_the_colex_rank_in_both_versions():
     rd = BitReader(two["data"], two["bits"])
     rd.read(len(pos) * 32, 32)
     assert rd.read(len(pos), 61).tolist() == [colex_rank(r) for r in pos]
+
+
+@pytest.mark.parametrize("hl,hr", [(16, 16), (32, 32), (16, 5), (48, 16), (32, 1)])
+def test_pairs_of_one_word_split_on_every_block_boundary(hl, hr):
+    # Nodes of at most 64 groups find k_L in one table of keys S(m) + off(m, k); the keys of
+    # (32, 32) reach 2**64 - 1 (m = 64, r = 0). Every rank on a block boundary, one below it
+    # and the last of every m split to the k_L of its block and join back.
+    m, r, want_k = [], [], []
+    for mv in range(hl + hr + 1):
+        lo, top = max(0, mv - hr), min(hl, mv)
+        for k in range(lo, top + 1):
+            start, end = _off(hl, hr, mv, k), _off(hl, hr, mv, k + 1)
+            for rv in {start, end - 1, (start + end) // 2}:
+                m.append(mv), r.append(rv), want_k.append(k)
+    m, want_k = np.array(m), np.array(want_k)
+    words = np.array(r, dtype=np.uint64)[:, None]
+    rl, rr, kl = splits._split_small(words, m, hl, hr, {})
+    assert np.array_equal(kl, want_k)
+    assert all(a < math.comb(hl, k) for a, k in zip(rl[:, 0].tolist(), kl.tolist()))
+    assert all(b < math.comb(hr, mv - k) for b, mv, k in zip(rr[:, 0].tolist(), m, kl))
+    back = splits._join_small(rl, rr, kl, m - kl, hl, hr, {})
+    assert back[:, 0].tolist() == r

@@ -84,32 +84,34 @@ def _comb_u64(h: int) -> np.ndarray:
 
 
 @cache
-def _small_tables(hl: int, hr: int) -> tuple[np.ndarray, np.ndarray]:
-    """uint64 ``off[m, k]`` for every ``m <= hl + hr`` and ``k <= hl + 1`` (``off(m, k)`` for a
-    possible ``k``, ``C(hl + hr, m)`` above it, so each row ascends and is searchable), and
-    ``C(hr, k)``."""
+def _small_keys(hl: int, hr: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One ascending uint64 table of every row of ``off`` of a pair of at most 64 groups.
+
+    With ``S(m) = sum_{j < m} C(h, j)``, a node of ``m`` kept groups and rank ``r < C(h, m)``
+    has the key ``S(m) + r < 2**h <= 2**64``. The table holds ``S(m) + off(m, k)`` for
+    ``k = lo..top`` of every ``m``, ascending within a row and below ``S(m + 1)``, so one
+    ``searchsorted`` of the keys finds every node's ``k_L``. Hands back ``S``, where each row
+    would start for ``k = 0`` (``off(m, k)`` is entry ``first[m] + k`` less ``S(m)``), the
+    table and the ``k`` of each entry."""
     cl, cr = _comb_row(hl), _comb_row(hr)
-    off = np.zeros((hl + hr + 1, hl + 2), dtype=np.uint64)
+    starts, first, keys, ks, s = [], [], [], [], 0
     for m in range(hl + hr + 1):
-        acc, top = 0, min(hl, m)
-        for k in range(hl + 2):
-            off[m, k] = acc if k <= top else math.comb(hl + hr, m)
-            if k <= top and m - k <= hr:
-                acc += cl[k] * cr[m - k]
-    return off, _comb_u64(hr)
-
-
-def _search_small(off: np.ndarray, m: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """Per node the largest ``k`` with ``off[m, k] <= r`` (``off[m, 0] = 0 <= r``, and the
-    last column exceeds every rank of its row), in power-of-two steps over the flat table."""
-    width = off.shape[1]
-    flat, k = off.reshape(-1), m * width
-    at = k.copy()
-    step = 1 << (width - 1).bit_length()
-    while step := step >> 1:
-        nxt = np.minimum(at + step, k + width - 1)
-        at += (flat[nxt] <= r) * (nxt - at)
-    return at - k
+        lo = max(0, m - hr)
+        starts.append(s)
+        first.append(len(keys) - lo)
+        acc = 0
+        for k in range(lo, min(hl, m) + 1):
+            keys.append(s + acc)
+            ks.append(k)
+            acc += cl[k] * cr[m - k]
+        s += acc
+    u64 = np.uint64
+    return (
+        np.array(starts, dtype=u64),
+        np.array(first, dtype=np.int64),
+        np.array(keys, dtype=u64),
+        np.array(ks, dtype=np.int64),
+    )
 
 
 def _sizes(g: int) -> list[list[int]]:
@@ -304,14 +306,18 @@ def _runs(ordered: np.ndarray) -> list[tuple[int, int, int]]:
 
 def _join_small(rl, rr, kl, kr, hl: int, hr: int, rows: Rows) -> np.ndarray:
     """``_join`` for pairs of at most 64 groups: one uint64 word, from the tables."""
-    off, comb = _small_tables(hl, hr)
-    return (off[kl + kr, kl] + rl[:, 0] * comb[kr] + rr[:, 0])[:, None]
+    starts, first, keys, _ = _small_keys(hl, hr)
+    m = kl + kr
+    off = keys[first[m] + kl] - starts[m]
+    return (off + rl[:, 0] * _comb_u64(hr)[kr] + rr[:, 0])[:, None]
 
 
 def _split_small(r: np.ndarray, m: np.ndarray, hl: int, hr: int, rows: Rows):
-    off, comb = _small_tables(hl, hr)
-    kl = _search_small(off, m, r[:, 0])
-    rem, div = r[:, 0] - off[m, kl], comb[m - kl]
+    starts, _, keys, ks = _small_keys(hl, hr)
+    key = starts[m] + r[:, 0]
+    at = np.searchsorted(keys, key, side="right") - 1
+    kl = ks[at]
+    rem, div = key - keys[at], _comb_u64(hr)[m - kl]
     q = rem // div
     return q[:, None], (rem - q * div)[:, None], kl
 
