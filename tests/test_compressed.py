@@ -1,5 +1,6 @@
 """Compressed file format: bit I/O, every encoding bit-exact at storage.py's bit count, files."""
 
+import importlib.util
 import json
 import math
 import struct
@@ -14,6 +15,7 @@ from hypothesis import strategies as hs
 from torch import nn
 
 import sparsegrain
+from sparsegrain.analysis.counting import ceil_log2
 from sparsegrain.analysis.storage import BitWidths, encode
 from sparsegrain.core.errors import ConfigError
 from sparsegrain.deploy.compressed import (
@@ -26,6 +28,7 @@ from sparsegrain.deploy.compressed import (
     write_compressed,
 )
 from sparsegrain.models import create_model
+from sparsegrain.models.external import import_torchvision
 from sparsegrain.structures import parse_structure
 
 CONV = (8, 4, 3, 3)  # C*R*S = 36: fits nm:2:4 and block:2x2; R*S = 9 for window and combined
@@ -389,3 +392,40 @@ def test_reading_maps_the_file_and_lets_it_go(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(ConfigError, match="is not a sparsegrain compressed file"):
         read_compressed(empty)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("torchvision") is None, reason="torchvision is not installed"
+)
+def test_files_of_torchvision_convnext_and_vit_read_back_at_the_predicted_bits(tmp_path):
+    # The families whose files once took minutes: a ConvNeXt (depthwise 7x7 convs, linears of
+    # 48 and 192 inputs) and a ViT whose MLP reads 3072 features (split ranks of 3067 bits,
+    # root 2048 + 1024 groups). Every conv and linear but the first and the classifier gets a
+    # kernel-quota 50% mask, depthwise convs (one kernel per filter) stay dense.
+    tv = import_torchvision()  # before any torchvision submodule (its operator workaround)
+    CNBlockConfig, ConvNeXt = tv.models.convnext.CNBlockConfig, tv.models.ConvNeXt
+    VisionTransformer = tv.models.VisionTransformer
+    torch.manual_seed(0)
+    convnext = ConvNeXt([CNBlockConfig(24, 48, 1), CNBlockConfig(48, None, 1)], num_classes=10)
+    vit = VisionTransformer(32, 16, num_layers=1, num_heads=2, hidden_dim=32, mlp_dim=3072)
+    st = parse_structure("kernel-quota")
+    for name, model in [("convnext", convnext), ("vit", vit)]:
+        layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        structures = {}
+        with torch.no_grad():
+            for layer, m in layers[1:-1]:
+                if m.weight.shape[1] > 1:
+                    m.weight.mul_(st.mask(m.weight, 0.5))
+                    structures[layer] = "kernel-quota"
+        out = write_compressed(model, structures, tmp_path / f"{name}.sgc")
+        assert [r["name"] for r in out["layers"]] == list(structures)
+        assert all(r["encoding"] == "quota-rank" for r in out["layers"])
+        assert all(r["written_bits"] == r["predicted_bits"] for r in out["layers"])
+        sd, _ = read_compressed(tmp_path / f"{name}.sgc")
+        ref = model.state_dict()
+        assert list(sd) == list(ref)
+        assert all(torch.equal(bits_of(sd[k]), bits_of(ref[k])) for k in ref)
+    wide = {r["name"]: r for r in out["layers"]}["encoder.layers.encoder_layer_0.mlp.3"]
+    # 32 rows keep 1536 of 3072 weights: their values, then one rank each
+    assert wide["written_bits"] == 32 * (1536 * 32 + ceil_log2(math.comb(3072, 1536)))
+    assert len(structures) == 3  # out_proj and the two MLP linears (in_proj is no module)
