@@ -7,7 +7,7 @@ minute):
     .venv/bin/python bench/families_speed.py --repeats 11 --min-time 0.3 \\
         --json bench/results/families_speed.json
     .venv/bin/python bench/families_speed.py [--quick] [--models resnet50,hf_bert]
-        [--batches 1,8] [--threads 1] [--tp-round-to 8]
+        [--batches 1,8] [--threads 1] [--tp-round-to 8] [--compile]
 
 Models (random init, 1000 classes, 224x224 images): torchvision ResNet-50, MobileNetV2,
 EfficientNet-B0, ConvNeXt-Tiny, RegNetY-400MF, ViT-B/16, and a Hugging Face BERT built from a
@@ -39,7 +39,9 @@ one run are printed; ``sg / tp`` is Torch-Pruning's time over sparsegrain's with
 (so drifts of machine load between rounds cancel), its median and quartiles over rounds: on
 models where both reach the same architecture it shows the noise of the machine. CNNs are run
 as deployed: BatchNorm folded into the conv before it (``torch.fx`` ``fuse``) and channels_last,
-the same for all three variants; freed buffers stay in the heap (``speed.keep_heap``). Nothing
+the same for all three variants; freed buffers stay in the heap (``speed.keep_heap``).
+``--compile`` times every variant through ``torch.compile`` (inductor, ``dynamic=False``: one
+graph per variant and batch, compiled during the warm-up) instead of eager. Nothing
 is trained. Also printed per model: how many
 conv/linear layers of each pruned variant have an output width that is a multiple of 8, and in
 how many layers the two pruned variants differ, the first places to look when one of them is
@@ -298,7 +300,10 @@ def run_model(name: str, fam: Family, batches: list[int], args) -> list[dict]:
         if fam.cnn:
             x = x.contiguous(memory_format=torch.channels_last)
         rounds = {}
-        med = interleaved(models, x, args.repeats, args.min_time, rounds)
+        timed = models
+        if args.compile:  # one static graph per variant and batch, compiled in the warm-up
+            timed = {k: torch.compile(m, dynamic=False) for k, m in models.items()}
+        med = interleaved(timed, x, args.repeats, args.min_time, rounds)
         row = {**info, "batch": batch, "speedup": {}, "ideal": {}, "frac": {}}
         for k in ("sparsegrain", "torch_pruning"):
             row["speedup"][k] = med["dense"] / med[k]
@@ -363,6 +368,11 @@ def main() -> None:
         "--tp-round-to", type=int, help="Torch-Pruning's round_to: kept widths a multiple of N"
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="time every variant through torch.compile (inductor, static shapes) instead of eager",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = p.parse_args()
     fams = families(args.quick)
@@ -376,7 +386,7 @@ def main() -> None:
     heap = keep_heap()
     print(
         f"settings: threads={torch.get_num_threads()} keep_heap={heap} repeats={args.repeats} "
-        f"tp_round_to={args.tp_round_to}"
+        f"tp_round_to={args.tp_round_to} compile={args.compile}"
     )
     rows, errors = [], {}
     batches = [int(b) for b in args.batches.split(",")]
@@ -398,7 +408,7 @@ def main() -> None:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         settings = {"quick": args.quick, "threads": torch.get_num_threads(), "keep_heap": heap}
-        settings["tp_round_to"] = args.tp_round_to
+        settings.update(tp_round_to=args.tp_round_to, compile=args.compile)
         out = {**settings, "repeats": args.repeats, "rows": rows, "errors": errors}
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
 
