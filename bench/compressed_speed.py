@@ -60,17 +60,27 @@ from sparsegrain.structures import parse_structure
 SPEC = "kernel-quota"
 
 
+def masked(model: nn.Module, sparsity: float):
+    """``model`` with every conv and linear but the first and the last (the first conv and the
+    classifier, left dense as sparsegrain does by default) given a ``kernel-quota`` mask; a
+    linear's kernels are its single weights, and depthwise convs (one kernel per filter) stay
+    dense. The state_dict, the structures and the masked weights' count."""
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    st, structures, count = parse_structure(SPEC), {}, 0
+    with torch.no_grad():
+        for layer, m in layers[1:-1]:
+            if m.weight.shape[1] == 1:
+                continue
+            m.weight.mul_(st.mask(m.weight, sparsity))
+            structures[layer] = SPEC
+            count += m.weight.numel()
+    return model.state_dict(), structures, count
+
+
 def masked_resnet50(sparsity: float) -> tuple[dict[str, torch.Tensor], dict[str, str | None]]:
     torch.manual_seed(0)
-    model = create_model("resnet50", num_classes=1000, in_channels=3)
-    st = parse_structure(SPEC)
-    structures: dict[str, str | None] = {}
-    with torch.no_grad():
-        for name, m in model.named_modules():
-            if isinstance(m, torch.nn.Conv2d) and name != "conv1":
-                m.weight.mul_(st.mask(m.weight, sparsity))
-                structures[name] = SPEC
-    return model.state_dict(), structures
+    sd, structures, _ = masked(create_model("resnet50", num_classes=1000, in_channels=3), sparsity)
+    return sd, structures
 
 
 def safetensors_time(
@@ -190,24 +200,11 @@ FAMILIES = (
 
 
 def masked_torchvision(name: str, sparsity: float):
-    """A torchvision model (random init), every conv and linear but the first conv and the
-    classifier given a ``kernel-quota`` mask (a linear's kernels are its single weights;
-    depthwise convs, one kernel per filter, stay dense); the state_dict, the structures and the
-    masked weights' count."""
+    """A torchvision model (random init), masked as ``masked`` does."""
     from sparsegrain.models.external import import_torchvision
 
     torch.manual_seed(0)
-    model = getattr(import_torchvision().models, name)()
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    st, structures, count = parse_structure(SPEC), {}, 0
-    with torch.no_grad():
-        for name, m in layers[1:-1]:
-            if m.weight.shape[1] == 1:
-                continue
-            m.weight.mul_(st.mask(m.weight, sparsity))
-            structures[name] = SPEC
-            count += m.weight.numel()
-    return model.state_dict(), structures, count
+    return masked(getattr(import_torchvision().models, name)(), sparsity)
 
 
 def families(names: list[str], sparsity: float, tmp: Path, rounds: int) -> list[list[str]]:
